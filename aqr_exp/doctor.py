@@ -1,0 +1,135 @@
+"""Checks that the installed stack can train the plugin, each with its fix."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import platform
+import shutil
+import sys
+from dataclasses import dataclass
+
+from aqr_exp.paths import pinned_versions
+
+INSTALL_FIX = "run `make install` (scripts/install.sh) from the repository root"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the doctor's report."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    required: bool = True
+
+
+def _distribution_version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def check_python() -> Check:
+    ok = sys.version_info >= (3, 10)
+    return Check(
+        "python",
+        ok,
+        platform.python_version(),
+        "" if ok else "use Python >= 3.10 (create .venv with a newer python3)",
+    )
+
+
+def check_torch() -> Check:
+    try:
+        torch = importlib.import_module("torch")
+    except ImportError as err:
+        return Check("torch", False, f"not importable ({err})", INSTALL_FIX)
+    if torch.cuda.is_available():
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        devices = f"CUDA {torch.version.cuda}: " + ", ".join(names)
+    else:
+        devices = "no CUDA device (CPU configs only)"
+    return Check("torch", True, f"{torch.__version__}; {devices}")
+
+
+def check_pinned(dist: str, module: str, pins: dict[str, str]) -> Check:
+    """A package is importable and at the pinned version."""
+    version = _distribution_version(dist)
+    want = pins.get(dist)
+    if version is None:
+        return Check(dist, False, "not installed", INSTALL_FIX)
+    try:
+        importlib.import_module(module)
+    except Exception as err:  # an import-time failure of any kind is the finding
+        return Check(
+            dist, False, f"{version} installed but `import {module}` fails: {err}", INSTALL_FIX
+        )
+    if want and version != want:
+        return Check(dist, False, f"{version} (pinned: {want})", INSTALL_FIX)
+    return Check(dist, True, version)
+
+
+def check_mmcv_ops() -> Check:
+    """mmcv's compiled ops: the `_ext` extension and the CPU kernels the demo uses."""
+    try:
+        ext = importlib.import_module("mmcv._ext")
+    except Exception as err:  # a missing or ABI-broken extension both land here
+        compiler = shutil.which("gcc") or shutil.which("cc")
+        why = (
+            "no C++ compiler found (apt-get install build-essential), then " if not compiler else ""
+        )
+        return Check(
+            "mmcv ops",
+            False,
+            f"compiled ops do not load ({err}); mmcv-lite or a wheel built for another torch?",
+            f"{why}{INSTALL_FIX} (it builds mmcv with MMCV_WITH_OPS=1)",
+        )
+    needed = ["hard_voxelize_forward", "nms_rotated"]
+    missing = [name for name in needed if not hasattr(ext, name)]
+    if missing:
+        return Check("mmcv ops", False, f"built without {missing}", INSTALL_FIX)
+    return Check("mmcv ops", True, "compiled ops load (voxelization, nms_rotated)")
+
+
+def check_plugin() -> Check:
+    """Every class the plugin exports is found in mmdet3d's registries."""
+    try:
+        plugin = importlib.import_module("cmt_aqr")
+        registry = importlib.import_module("mmdet3d.registry")
+    except Exception as err:  # the plugin must import cleanly; say why it does not
+        return Check("plugin", False, f"`import cmt_aqr` fails: {err}", INSTALL_FIX)
+    registries = [registry.MODELS, registry.TRANSFORMS, registry.TASK_UTILS, registry.HOOKS]
+    missing = [
+        name for name in plugin.__all__ if not any(reg.get(name) is not None for reg in registries)
+    ]
+    if missing:
+        return Check(
+            "plugin",
+            False,
+            f"not registered in mmdet3d: {', '.join(missing)}",
+            "every class in cmt_aqr.__all__ must carry an mmdet3d registry decorator",
+        )
+    return Check("plugin", True, f"{len(plugin.__all__)} modules registered in mmdet3d")
+
+
+def run_checks() -> list[Check]:
+    pins = pinned_versions()
+    checks = [check_python(), check_torch()]
+    for dist, module in [
+        ("mmcv", "mmcv"),
+        ("mmengine", "mmengine"),
+        ("mmdet", "mmdet"),
+        ("mmdet3d", "mmdet3d"),
+        ("nuscenes-devkit", "nuscenes"),
+    ]:
+        checks.append(check_pinned(dist, module, pins))
+    checks.append(check_mmcv_ops())
+    checks.append(check_plugin())
+    return checks
+
+
+def can_train(checks: list[Check]) -> bool:
+    return all(check.ok for check in checks if check.required)

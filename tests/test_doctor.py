@@ -1,0 +1,76 @@
+"""`aqr-exp doctor` on the installed stack, and on stacks with pieces missing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from aqr_exp import doctor
+from aqr_exp.cli.main import app
+from aqr_exp.paths import pinned_versions
+
+
+def test_doctor_reports_a_working_stack() -> None:
+    result = CliRunner().invoke(app, ["doctor"])
+    assert result.exit_code == 0, result.output
+    pins = pinned_versions()
+    for dist in ("mmcv", "mmengine", "mmdet", "mmdet3d", "nuscenes-devkit"):
+        assert f"ok   {dist}" in result.output
+        assert pins[dist] in result.output
+    assert "compiled ops load" in result.output
+    assert "The stack can train." in result.output
+
+
+def test_plugin_modules_are_registered_in_mmdet3d() -> None:
+    check = doctor.check_plugin()
+    assert check.ok, check.detail
+    import cmt_aqr
+
+    assert str(len(cmt_aqr.__all__)) in check.detail
+
+
+def test_unregistered_plugin_class_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cmt_aqr
+
+    monkeypatch.setattr(cmt_aqr, "__all__", [*cmt_aqr.__all__, "NotARegisteredThing"])
+    check = doctor.check_plugin()
+    assert not check.ok
+    assert "NotARegisteredThing" in check.detail
+
+
+def test_missing_mmcv_ops_are_explained(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A None entry in sys.modules makes `import mmcv._ext` raise ImportError,
+    # exactly what mmcv-lite (no compiled ops) does.
+    monkeypatch.setitem(sys.modules, "mmcv._ext", None)
+    check = doctor.check_mmcv_ops()
+    assert not check.ok
+    assert "compiled ops do not load" in check.detail
+    assert "MMCV_WITH_OPS=1" in check.fix
+
+
+def test_missing_or_wrong_version_package_names_the_fix() -> None:
+    missing = doctor.check_pinned("surely-not-installed-dist", "nope", {})
+    assert not missing.ok and "not installed" in missing.detail and "make install" in missing.fix
+    wrong = doctor.check_pinned("mmengine", "mmengine", {"mmengine": "0.0.1"})
+    assert not wrong.ok and "pinned: 0.0.1" in wrong.detail
+
+
+def test_doctor_exits_nonzero_when_the_stack_cannot_train() -> None:
+    # A real process whose mmcv has no compiled ops: doctor must fail, not pass.
+    code = (
+        "import sys; sys.modules['mmcv._ext'] = None;"
+        "from aqr_exp.cli.main import app; app(['doctor'])"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "FAIL mmcv ops" in proc.stdout
+    assert "cannot train" in proc.stderr
+
+
+def test_help_lists_the_commands() -> None:
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0
+    assert "doctor" in result.output and "sweep" in result.output
