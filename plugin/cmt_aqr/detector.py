@@ -1,0 +1,107 @@
+"""The CMT detector: LiDAR BEV features + multi-view image features -> CmtHead."""
+
+from __future__ import annotations
+
+import torch
+from mmdet3d.models.detectors import Base3DDetector
+from mmdet3d.registry import MODELS
+from mmdet3d.structures import Det3DDataSample
+from torch import Tensor
+
+from cmt_aqr.head import LayerOutputs, SceneContext
+
+
+@MODELS.register_module()
+class CmtDetector(Base3DDetector):
+    """Cross Modal Transformer (Yan et al., ICCV 2023), written for mmdet3d 1.4.
+
+    The LiDAR branch is voxel encoder → middle encoder → backbone → neck; the
+    camera branch is backbone → neck, and only the first (stride-16) level is
+    used. Images arrive as [B, V, 3, H, W] from Det3DDataPreprocessor.
+    """
+
+    def __init__(
+        self,
+        pts_voxel_encoder: dict,
+        pts_middle_encoder: dict,
+        pts_backbone: dict,
+        pts_neck: dict,
+        img_backbone: dict,
+        img_neck: dict,
+        pts_bbox_head: dict,
+        data_preprocessor: dict | None = None,
+        train_cfg: dict | None = None,
+        test_cfg: dict | None = None,
+        init_cfg: dict | None = None,
+    ) -> None:
+        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        self.pts_voxel_encoder = MODELS.build(pts_voxel_encoder)
+        self.pts_middle_encoder = MODELS.build(pts_middle_encoder)
+        self.pts_backbone = MODELS.build(pts_backbone)
+        self.pts_neck = MODELS.build(pts_neck)
+        self.img_backbone = MODELS.build(img_backbone)
+        self.img_neck = MODELS.build(img_neck)
+        self.pts_bbox_head = MODELS.build(pts_bbox_head)
+
+    def extract_pts_feat(self, voxels: dict, batch_size: int) -> Tensor:
+        features = self.pts_voxel_encoder(voxels["voxels"], voxels["num_points"], voxels["coors"])
+        bev = self.pts_middle_encoder(features, voxels["coors"], batch_size)
+        neck_out = self.pts_neck(self.pts_backbone(bev))
+        return neck_out[0] if isinstance(neck_out, (list, tuple)) else neck_out
+
+    def extract_img_feat(self, imgs: Tensor) -> Tensor:
+        """[B, V, 3, H, W] -> stride-16 features [B, V, C, h, w]."""
+        batch, views = imgs.shape[:2]
+        feats = self.img_neck(self.img_backbone(imgs.flatten(0, 1)))[0]
+        return feats.view(batch, views, *feats.shape[1:])
+
+    def _forward_head(
+        self, batch_inputs_dict: dict, batch_data_samples: list[Det3DDataSample], dn=None
+    ) -> LayerOutputs:
+        imgs = batch_inputs_dict["imgs"]
+        bev, img_feats = self.extract_feat(batch_inputs_dict, batch_data_samples)
+        lidar2img = torch.stack(
+            [bev.new_tensor(s.metainfo["lidar2img"]) for s in batch_data_samples]
+        )
+        ctx = SceneContext(
+            lidar2img=lidar2img,
+            image_size=tuple(imgs.shape[-2:]),
+            bev_size=tuple(bev.shape[-2:]),
+            cam_size=tuple(img_feats.shape[-2:]),
+        )
+        return self.pts_bbox_head(bev, img_feats, ctx, dn)
+
+    def loss(self, batch_inputs_dict: dict, batch_data_samples: list[Det3DDataSample]) -> dict:
+        gt_boxes, gt_labels = [], []
+        for sample in batch_data_samples:
+            gt = sample.gt_instances_3d
+            keep = gt.labels_3d >= 0
+            gt_boxes.append(gt.bboxes_3d[keep])
+            gt_labels.append(gt.labels_3d[keep])
+        dn = self.pts_bbox_head.make_denoising(gt_boxes, gt_labels)
+        outputs = self._forward_head(batch_inputs_dict, batch_data_samples, dn)
+        return self.pts_bbox_head.loss(outputs, dn, gt_boxes, gt_labels)
+
+    def predict(
+        self, batch_inputs_dict: dict, batch_data_samples: list[Det3DDataSample], **kwargs
+    ) -> list[Det3DDataSample]:
+        outputs = self._forward_head(batch_inputs_dict, batch_data_samples)
+        results = self.pts_bbox_head.predict(outputs)
+        return self.add_pred_to_datasample(batch_data_samples, results)
+
+    def _forward(
+        self,
+        batch_inputs_dict: dict,
+        batch_data_samples: list[Det3DDataSample] | None = None,
+        **kwargs,
+    ) -> LayerOutputs:
+        return self._forward_head(batch_inputs_dict, batch_data_samples or [])
+
+    def extract_feat(
+        self, batch_inputs_dict: dict, batch_data_samples: list[Det3DDataSample]
+    ) -> tuple[Tensor, Tensor]:
+        """BEV map [B, C, H, W] and camera features [B, V, C, h, w]."""
+        return (
+            self.extract_pts_feat(batch_inputs_dict["voxels"], len(batch_data_samples)),
+            self.extract_img_feat(batch_inputs_dict["imgs"]),
+        )
