@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from mmdet3d.models.detectors import Base3DDetector
 from mmdet3d.registry import MODELS
@@ -60,8 +61,10 @@ class CmtDetector(Base3DDetector):
     ) -> LayerOutputs:
         imgs = batch_inputs_dict["imgs"]
         bev, img_feats = self.extract_feat(batch_inputs_dict, batch_data_samples)
-        lidar2img = torch.stack(
-            [bev.new_tensor(s.metainfo["lidar2img"]) for s in batch_data_samples]
+        lidar2img = torch.as_tensor(
+            np.stack([np.asarray(s.metainfo["lidar2img"]) for s in batch_data_samples]),
+            dtype=bev.dtype,
+            device=bev.device,
         )
         ctx = SceneContext(
             lidar2img=lidar2img,

@@ -1,0 +1,233 @@
+"""Known cases for the CMT plugin's building blocks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from mmdet3d.structures import LiDARInstance3DBoxes
+
+from cmt_aqr.assigner import HungarianAssigner3D
+from cmt_aqr.box_coder import CmtBBoxCoder, decode_codes, encode_boxes
+from cmt_aqr.denoising import build_denoising, dn_attention_mask
+from cmt_aqr.head import CmtHead, SceneContext
+from cmt_aqr.transforms import ComposeLidar2Img, GlobalRotScaleTransFusion, ImageAugFusion
+
+
+def test_box_encode_decode_round_trip() -> None:
+    boxes = torch.tensor(
+        [
+            [1.0, -2.0, -1.5, 4.5, 1.9, 1.6, 0.3, 2.0, -1.0],
+            [-20.0, 14.0, -0.5, 0.4, 0.4, 1.0, -2.8, 0.0, 0.0],
+            [7.0, 7.0, 0.0, 11.0, 2.9, 3.5, math.pi - 0.01, -3.0, 0.5],
+        ]
+    )
+    codes = encode_boxes(LiDARInstance3DBoxes(boxes, box_dim=9))
+    # (cx, cy, log l, log w, cz at the gravity center, log h, sin, cos, vx, vy)
+    assert torch.allclose(codes[0, 4], torch.tensor(-1.5 + 1.6 / 2))
+    assert torch.allclose(codes[0, 2], torch.tensor(math.log(4.5)))
+    decoded = decode_codes(codes)
+    assert torch.allclose(decoded, boxes, atol=1e-5)
+
+
+def test_assigner_solves_a_hand_built_problem() -> None:
+    assigner = HungarianAssigner3D(cls_weight=0.0, reg_weight=1.0)
+    weights = torch.ones(10)
+    gt = torch.zeros(2, 10)
+    gt[0, :2] = torch.tensor([10.0, 0.0])
+    gt[1, :2] = torch.tensor([0.0, 10.0])
+    pred = torch.zeros(3, 10)
+    pred[0, :2] = torch.tensor([0.5, 9.0])  # near GT 1
+    pred[1, :2] = torch.tensor([50.0, 50.0])  # far from both
+    pred[2, :2] = torch.tensor([9.5, 0.2])  # near GT 0
+    assigned = assigner.assign(torch.zeros(3, 10), pred, torch.tensor([0, 1]), gt, weights)
+    assert assigned.tolist() == [1, -1, 0]
+
+
+def test_assigner_class_cost_prefers_the_confident_query() -> None:
+    assigner = HungarianAssigner3D(cls_weight=1.0, reg_weight=0.0)
+    logits = torch.full((2, 10), -5.0)
+    logits[1, 3] = 5.0
+    assigned = assigner.assign(
+        logits, torch.zeros(2, 10), torch.tensor([3]), torch.zeros(1, 10), torch.ones(10)
+    )
+    assert assigned.tolist() == [-1, 0]
+
+
+def test_assigner_without_gt_assigns_nothing() -> None:
+    assigned = HungarianAssigner3D().assign(
+        torch.zeros(4, 10),
+        torch.zeros(4, 10),
+        torch.zeros(0, dtype=torch.long),
+        torch.zeros(0, 10),
+        torch.ones(10),
+    )
+    assert assigned.tolist() == [-1] * 4
+
+
+def test_dn_mask_structure() -> None:
+    groups, per_group, num_query = 3, 2, 4
+    pad = groups * per_group
+    blocked = dn_attention_mask(pad, groups, num_query, torch.device("cpu"))
+    assert blocked.shape == (pad + num_query, pad + num_query)
+    # matching queries never see DN queries, but see each other
+    assert blocked[pad:, :pad].all()
+    assert not blocked[pad:, pad:].any()
+    # DN queries see their own group and the matching queries, not other groups
+    for g in range(groups):
+        rows = slice(g * per_group, (g + 1) * per_group)
+        own = blocked[rows, g * per_group : (g + 1) * per_group]
+        assert not own.any()
+        assert not blocked[rows, pad:].any()
+        others = torch.ones(pad, dtype=torch.bool)
+        others[g * per_group : (g + 1) * per_group] = False
+        assert blocked[rows][:, :pad][:, others].all()
+
+
+def test_dn_groups_guard_zero_gt_and_cap_by_query_count() -> None:
+    pc_range = torch.tensor([-50.0, -50.0, -5.0, 50.0, 50.0, 3.0])
+    empty = build_denoising(
+        [torch.zeros(0, 3)],
+        [torch.zeros(0, 3)],
+        [torch.zeros(0, dtype=torch.long)],
+        pc_range,
+        900,
+        10,
+    )
+    assert empty is None
+    centers = [torch.zeros(300, 3), torch.zeros(1, 3)]
+    dims = [torch.ones(300, 3), torch.ones(1, 3)]
+    labels = [torch.zeros(300, dtype=torch.long), torch.ones(1, dtype=torch.long)]
+    plan = build_denoising(centers, dims, labels, pc_range, 900, 10, max_groups=10)
+    assert plan is not None
+    assert plan.num_groups == 3  # min(10, 900 // 300)
+    assert plan.pad_size == 900
+    # the sample with one GT fills one slot per group; the rest is padding
+    assert (plan.gt_index[1] >= 0).sum() == 3
+    assert ((plan.ref_points >= 0) & (plan.ref_points <= 1)).all()
+
+
+def _scene(batch: int = 1) -> SceneContext:
+    mats = []
+    for yaw in np.deg2rad([0.0, 180.0]):
+        c, s = np.cos(yaw), np.sin(yaw)
+        rot = np.stack([[s, -c, 0.0], [0.0, 0.0, -1.0], [c, s, 0.0]])
+        extr = np.eye(4)
+        extr[:3, :3] = rot
+        intr = np.eye(4)
+        intr[0, 0] = intr[1, 1] = 100.0
+        intr[0, 2], intr[1, 2] = 64.0, 32.0
+        mats.append(intr @ extr)
+    lidar2img = torch.tensor(np.stack(mats), dtype=torch.float32)[None].expand(batch, -1, -1, -1)
+    return SceneContext(lidar2img=lidar2img, image_size=(64, 128), bev_size=(8, 8), cam_size=(4, 8))
+
+
+def _small_head() -> CmtHead:
+    head = CmtHead(
+        in_channels=16,
+        point_cloud_range=[-20.0, -20.0, -5.0, 20.0, 20.0, 3.0],
+        embed_dims=32,
+        num_query=10,
+        depth_num=8,
+        decoder=dict(
+            type="CmtTransformerDecoder", num_layers=2, embed_dims=32, num_heads=4, ffn_dims=64
+        ),
+    )
+    head.init_weights()
+    return head
+
+
+def test_query_position_embedding_is_finite_with_the_right_shape() -> None:
+    head = _small_head()
+    ref = torch.rand(2, 10, 3)
+    ref[0, 0] = torch.tensor([0.5, 0.5, 0.5])  # at the sensor: visible in no camera
+    pos = head.query_positions(ref, _scene(batch=2))
+    assert pos.shape == (2, 10, 32)
+    assert torch.isfinite(pos).all()
+
+
+def test_projection_picks_the_camera_that_sees_the_point() -> None:
+    head = _small_head()
+    ref = torch.tensor([[[0.75, 0.5, 0.5], [0.25, 0.5, 0.5]]])  # x = +10 m and x = -10 m
+    pixels, visible = head.project_to_images(ref, _scene())
+    assert visible[0, :, 0].tolist() == [True, False]  # the front camera sees x > 0
+    assert visible[0, :, 1].tolist() == [False, True]
+    # z = -1 m at 10 m depth: 10 px below the principal point
+    assert torch.allclose(pixels[0, 0, 0], torch.tensor([64.0, 42.0]), atol=1e-3)
+
+
+def test_decoding_keeps_top_k_and_respects_the_post_center_range() -> None:
+    coder = CmtBBoxCoder(
+        post_center_range=[-10.0, -10.0, -5.0, 10.0, 10.0, 5.0], max_num=3, num_classes=2
+    )
+    logits = torch.full((4, 2), -10.0)
+    logits[0, 1] = 3.0  # best, inside
+    logits[1, 0] = 2.0  # second, outside the range
+    logits[2, 0] = 1.0  # third, inside
+    logits[3, 1] = 0.0  # fourth: cut by top-3
+    codes = torch.zeros(4, 10)
+    codes[:, 7] = 1.0  # cos = 1
+    codes[1, 0] = 30.0
+    out = coder.decode(logits, codes)
+    assert out["labels"].tolist() == [1, 0]
+    assert torch.allclose(out["scores"], torch.sigmoid(torch.tensor([3.0, 1.0])))
+    assert out["bboxes"].shape == (2, 9)
+
+
+def _camera_results() -> dict:
+    extr = np.eye(4)
+    extr[:3, :3] = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
+    intr = np.array([[100.0, 0.0, 80.0], [0.0, 100.0, 45.0], [0.0, 0.0, 1.0]])
+    return {"img": [np.zeros((90, 160, 3), np.uint8)], "cam2img": [intr], "lidar2cam": [extr]}
+
+
+def _project(results: dict, point: np.ndarray) -> np.ndarray:
+    cam = results["lidar2img"][0] @ np.append(point, 1.0)
+    return cam[:2] / cam[2]
+
+
+def test_image_augmentation_moves_projections_with_the_pixels() -> None:
+    results = ComposeLidar2Img()(_camera_results())
+    point = np.array([10.0, 1.0, 0.5])
+    before = _project(results, point)
+    aug = ImageAugFusion(final_size=(40, 64), resize_lim=(0.5, 0.5), training=False)
+    after = _project(ComposeLidar2Img()(aug(_camera_results())), point)
+    # resized by 0.5 (80x45), bottom crop of 5 rows, centered crop of 16 columns
+    assert np.allclose(after, before * 0.5 - np.array([8.0, 5.0]), atol=1e-6)
+
+
+def test_global_augmentation_keeps_points_on_their_pixels() -> None:
+    from mmdet3d.structures import LiDARPoints
+
+    np.random.seed(0)
+    point = np.array([[10.0, 1.0, 0.5, 0.0, 0.0]], dtype=np.float32)
+    results = _camera_results()
+    results["points"] = LiDARPoints(point.copy(), points_dim=5)
+    results["gt_bboxes_3d"] = LiDARInstance3DBoxes(torch.tensor([[10.0, 1.0, 0.0, 1, 1, 1, 0]]))
+    before = _project(ComposeLidar2Img()(_camera_results()), point[0, :3])
+    aug = GlobalRotScaleTransFusion(
+        rot_range=[-0.5, 0.5], scale_ratio_range=[0.9, 1.1], translation_std=[1, 1, 0]
+    )
+    results = ComposeLidar2Img()(aug(results))
+    moved = results["points"].tensor[0, :3].numpy()
+    assert not np.allclose(moved, point[0, :3])
+    assert np.allclose(_project(results, moved), before, atol=1e-3)
+
+
+@pytest.mark.parametrize("direction", ["horizontal", "vertical"])
+def test_bev_flip_keeps_points_on_their_pixels(direction: str) -> None:
+    from mmdet3d.structures import LiDARPoints
+
+    from cmt_aqr.transforms import BEVFlipFusion
+
+    point = np.array([[10.0, 1.0, 0.5, 0.0, 0.0]], dtype=np.float32)
+    results = _camera_results()
+    results["points"] = LiDARPoints(point.copy(), points_dim=5)
+    before = _project(ComposeLidar2Img()(_camera_results()), point[0, :3])
+    ratios = (1.0, 0.0) if direction == "horizontal" else (0.0, 1.0)
+    results = ComposeLidar2Img()(BEVFlipFusion(*ratios)(results))
+    moved = results["points"].tensor[0, :3].numpy()
+    assert results[f"pcd_{direction}_flip"]
+    assert np.allclose(_project(results, moved), before, atol=1e-4)
