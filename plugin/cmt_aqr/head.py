@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from mmdet.models.losses.focal_loss import py_sigmoid_focal_loss
@@ -15,6 +15,8 @@ from mmengine.structures import InstanceData
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
+from cmt_aqr.aqr.cells import MemoryLayout, locate_queries
+from cmt_aqr.aqr.module import AdaptiveQueryRouting
 from cmt_aqr.box_coder import encode_boxes
 from cmt_aqr.denoising import DenoisingPlan, build_denoising
 from cmt_aqr.positional import (
@@ -48,6 +50,7 @@ class LayerOutputs:
 
     cls_logits: Tensor
     codes: Tensor  # box codes in meters (see box_coder)
+    stats: dict[str, Tensor] = field(default_factory=dict)  # logged, not optimized
 
 
 @MODELS.register_module()
@@ -137,7 +140,7 @@ class CmtHead(BaseModule):
             )
         )
         self.assigner = TASK_UTILS.build(assigner or dict(type="HungarianAssigner3D"))
-        self.aqr_cfg = aqr
+        self.aqr = None if aqr is None else AdaptiveQueryRouting(embed_dims, **aqr)
 
     def init_weights(self) -> None:
         super().init_weights()
@@ -186,12 +189,20 @@ class CmtHead(BaseModule):
         )
         return pixels, in_front & inside
 
-    def query_positions(self, ref_points: Tensor, ctx: SceneContext) -> Tensor:
+    def query_positions(
+        self, ref_points: Tensor, ctx: SceneContext, pixels: Tensor, visible: Tensor
+    ) -> Tensor:
         """BEV embedding of the point + camera embedding of its visible projections."""
         bev = self.bev_embedding(sine_embedding(ref_points[..., :2], self.embed_dims))
-        pixels, visible = self.project_to_images(ref_points, ctx)
         cam = self.rv_embedding(self._lift(pixels, ctx))  # [B, V, Q, C]
         return bev + (cam * visible[..., None]).sum(dim=1)
+
+    def _memory(self, bev: Tensor, img_feats: Tensor) -> Tensor:
+        """BEV tokens (row-major), then camera tokens (view, row, col): [B, N, C]."""
+        batch = bev.shape[0]
+        bev_tokens = bev.flatten(2).transpose(1, 2)
+        img_tokens = img_feats.permute(0, 1, 3, 4, 2).reshape(batch, -1, self.embed_dims)
+        return torch.cat((bev_tokens, img_tokens), dim=1)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -200,12 +211,10 @@ class CmtHead(BaseModule):
         """bev_feat [B, Cin, H, W]; img_feats [B, V, C, h, w]."""
         bev = self.shared_conv(bev_feat)
         batch = bev.shape[0]
-        bev_tokens = bev.flatten(2).transpose(1, 2)
         bev_pos = self.bev_embedding(
             sine_embedding(bev_cell_centers(*ctx.bev_size, bev.device), self.embed_dims)
         )
-        img_tokens = img_feats.permute(0, 1, 3, 4, 2).reshape(batch, -1, self.embed_dims)
-        memory = torch.cat((bev_tokens, img_tokens), dim=1)
+        memory = self._memory(bev, img_feats)
         memory_pos = torch.cat((bev_pos.expand(batch, -1, -1), self._camera_positions(ctx)), dim=1)
 
         ref_points = self.reference_points.weight[None].expand(batch, -1, -1)
@@ -213,10 +222,30 @@ class CmtHead(BaseModule):
         if dn is not None:
             ref_points = torch.cat((dn.ref_points, ref_points), dim=1)
             blocked = dn.blocked
-        query_pos = self.query_positions(ref_points, ctx)
+        pixels, visible = self.project_to_images(ref_points, ctx)
+        query_pos = self.query_positions(ref_points, ctx, pixels, visible)
         query = torch.zeros_like(query_pos)
-        hidden = self.decoder(query, query_pos, memory, memory_pos, self_attn_blocked=blocked)
-        return self._predict_boxes(hidden, ref_points)
+
+        bias, stats = None, {}
+        if self.aqr is not None:
+            layout = MemoryLayout(ctx.bev_size, img_feats.shape[1], ctx.cam_size)
+            cells = locate_queries(ref_points, pixels, visible, layout, ctx.image_size)
+            lidar_w, cam_w = self.aqr.generator(
+                query + query_pos, memory, memory_pos, cells, layout
+            )
+            if self.aqr.type == "old":
+                bev, img_feats = self.aqr.modulate_features(bev, img_feats, cells, lidar_w, cam_w)
+                memory = self._memory(bev, img_feats)
+            else:
+                bias = self.aqr.attention_bias(cells, lidar_w, cam_w, layout)
+            pad = 0 if dn is None else dn.pad_size
+            stats = self.aqr.statistics(lidar_w[:, pad:], cam_w[:, pad:], cells.slice(pad))
+        hidden = self.decoder(
+            query, query_pos, memory, memory_pos, self_attn_blocked=blocked, cross_attn_bias=bias
+        )
+        outputs = self._predict_boxes(hidden, ref_points)
+        outputs.stats = stats
+        return outputs
 
     def _predict_boxes(self, hidden: Tensor, ref_points: Tensor) -> LayerOutputs:
         """Centers are offsets to the reference point in inverse-sigmoid space."""
@@ -284,7 +313,7 @@ class CmtHead(BaseModule):
         gt_codes = [encode_boxes(b).to(self.pc_range.device) for b in gt_boxes]
         num_gt = outputs.codes.new_tensor(float(sum(len(c) for c in gt_codes)))
         avg = reduce_mean(num_gt).clamp(min=1.0)
-        losses: dict[str, Tensor] = {}
+        losses: dict[str, Tensor] = dict(outputs.stats)
         num_layers = outputs.cls_logits.shape[0]
         for layer in range(num_layers):
             prefix = "" if layer == num_layers - 1 else f"d{layer}."
