@@ -143,7 +143,10 @@ def test_query_position_embedding_is_finite_with_the_right_shape() -> None:
     head = _small_head()
     ref = torch.rand(2, 10, 3)
     ref[0, 0] = torch.tensor([0.5, 0.5, 0.5])  # at the sensor: visible in no camera
-    pos = head.query_positions(ref, _scene(batch=2))
+    scene = _scene(batch=2)
+    pixels, visible = head.project_to_images(ref, scene)
+    assert not visible[0, :, 0].any()
+    pos = head.query_positions(ref, scene, pixels, visible)
     assert pos.shape == (2, 10, 32)
     assert torch.isfinite(pos).all()
 
