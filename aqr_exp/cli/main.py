@@ -5,10 +5,25 @@ from __future__ import annotations
 import logging
 
 import typer
+from typer.core import TyperGroup
 
-from aqr_exp.cli import doctor, pending
+from aqr_exp.cli import data, doctor, pending
+from aqr_exp.errors import AqrError
+
+
+class _Commands(TyperGroup):
+    """Every command: bad input (AqrError) is one clear message and exit status 2."""
+
+    def invoke(self, ctx: typer.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except AqrError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from err
+
 
 app = typer.Typer(
+    cls=_Commands,
     name="aqr-exp",
     help=(
         "Baseline-vs-variant experiments for AQR on the CMT 3D detector: generate config "
@@ -30,6 +45,7 @@ def main(
     )
 
 
+data.register(app)
 doctor.register(app)
 pending.register(app)
 
