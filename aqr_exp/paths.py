@@ -10,6 +10,7 @@ PLUGIN_CONFIGS = REPO_ROOT / "plugin" / "configs"
 EXPERIMENTS = REPO_ROOT / "experiments"
 RESULTS = REPO_ROOT / "results"
 DEFAULT_DATA_ROOT = REPO_ROOT / "data" / "synth-nus"
+WORK_ROOT = REPO_ROOT / "work_dirs"  # mmengine work dirs: checkpoints and logs
 
 
 def pinned_versions(path: Path = CONSTRAINTS) -> dict[str, str]:

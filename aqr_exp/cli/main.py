@@ -7,7 +7,7 @@ import logging
 import typer
 from typer.core import TyperGroup
 
-from aqr_exp.cli import data, doctor, pending
+from aqr_exp.cli import data, doctor, results, runs
 from aqr_exp.errors import AqrError
 
 
@@ -47,7 +47,8 @@ def main(
 
 data.register(app)
 doctor.register(app)
-pending.register(app)
+results.register(app)
+runs.register(app)
 
 if __name__ == "__main__":
     app()

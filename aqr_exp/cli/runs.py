@@ -1,0 +1,628 @@
+"""`aqr-exp variants | plan | run | sweep | status | cancel | train`: run experiments.
+
+Thin: parse options, call spec → plan → registry → launch, print. Every
+command that would start trainings takes `--dry-run`, which prints the plan
+(the runs and their config diffs against the baseline) and writes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import typer
+from tabulate import tabulate
+
+from aqr_exp import configs, paths, registry
+from aqr_exp.errors import AqrError
+from aqr_exp.launch.backends import cancel_run, check_backend, make_launcher
+from aqr_exp.launch.base import FINAL_STATES, LOG_NAME, RunHandle, run_all
+from aqr_exp.launch.local import spawn_detached
+from aqr_exp.plan import (
+    Plan,
+    Target,
+    plan_study,
+    plan_sweep,
+    plan_variants,
+    resolve_sweep,
+)
+from aqr_exp.progress import Progress, read_progress
+from aqr_exp.results.collect import collect
+from aqr_exp.results.compare import compare, select_runs
+from aqr_exp.results.render import render
+from aqr_exp.results.report import write_report
+from aqr_exp.spec import DEFAULT_SPEC, LauncherSettings, Spec, load_spec
+
+SPEC = typer.Option(
+    DEFAULT_SPEC, "--spec", help="The experiment spec (YAML) with variants, sweeps, seeds."
+)
+PROFILE = typer.Option(
+    None,
+    "--profile",
+    "-p",
+    help="Scale, a profile of the spec: demo = CPU demo on synthetic data, full = nuScenes "
+    "(default: the spec's `profile`).",
+)
+DATA_ROOT = typer.Option(
+    None,
+    "--data-root",
+    help="The data set (default: the profile's; synthetic data is generated when absent).",
+)
+SEEDS = typer.Option(
+    None, "--seeds", help="Comma-separated seeds, e.g. 0,1,2 (default: the spec's)."
+)
+RESULTS_ROOT = typer.Option(
+    paths.RESULTS, "--results-root", help="The run registry's root (holds <study>/runs/<run_id>/)."
+)
+WORK = typer.Option(
+    paths.WORK_ROOT, "--work-root", help="Where the mmengine work dirs (checkpoints, logs) go."
+)
+LAUNCHER = typer.Option(
+    None, "--launcher", help="local or torchrun (default: the spec's launcher.type)."
+)
+JOBS = typer.Option(
+    None, "--jobs", "-j", help="Runs at a time (default: the spec's launcher.max_concurrent)."
+)
+GPUS = typer.Option(
+    None, "--gpus-per-run", help="GPUs per run; 0 = CPU (default: 1 if a GPU is visible)."
+)
+DRY_RUN = typer.Option(
+    False, "--dry-run", help="Print the plan and config diffs; start and write nothing."
+)
+DETACH = typer.Option(
+    False, "--detach", help="Run in the background; follow with `aqr-exp status`."
+)
+FORCE = typer.Option(
+    False, "--force", help="Rerun finished runs from scratch (deletes their work dirs)."
+)
+RETRY = typer.Option(
+    False, "--retry-failed", help="Retry failed runs (from their last checkpoint)."
+)
+STUDY = typer.Option(
+    None, "--study", "-s", help="Only this study (a folder under the results root)."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Launch:
+    """How to start a plan (the launcher options of `run` and `sweep`)."""
+
+    settings: LauncherSettings
+    dry_run: bool
+    detach: bool
+    force: bool
+    retry_failed: bool
+
+
+def _seeds(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        seeds = tuple(int(part) for part in configs.split_values(text))
+    except ValueError:
+        raise AqrError(f"--seeds takes comma-separated integers, got {text!r}") from None
+    return seeds
+
+
+def _target(
+    results_root: Path,
+    work_root: Path,
+    profile: str | None,
+    data_root: Path | None,
+    seeds: str | None,
+) -> Target:
+    return Target(
+        results_root=results_root,
+        work_root=work_root,
+        profile=profile,
+        data_root=data_root,
+        seeds=_seeds(seeds),
+    )
+
+
+def _launch(
+    spec: Spec,
+    launcher: str | None,
+    jobs: int | None,
+    gpus: int | None,
+    dry_run: bool,
+    detach: bool,
+    force: bool,
+    retry: bool,
+) -> _Launch:
+    base = spec.launcher
+    if jobs is not None and jobs < 1:
+        raise AqrError(f"--jobs must be at least 1, got {jobs}")
+    if gpus is not None and gpus < 0:
+        raise AqrError(f"--gpus-per-run must be 0 or more, got {gpus}")
+    settings = LauncherSettings(
+        type=check_backend(launcher or base.type),
+        max_concurrent=jobs or base.max_concurrent,
+        gpus_per_run=base.gpus_per_run if gpus is None else gpus,
+    )
+    return _Launch(settings, dry_run, detach, force, retry)
+
+
+# ---------------------------------------------------------------- printing
+
+
+def _short(value: Any, width: int = 70) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _diff_lines(plan: Plan, cfg: Any) -> list[str]:
+    """The run's config against the baseline's; work_dir always differs."""
+    diff = [row for row in configs.config_diff(plan.baseline.cfg, cfg) if row[0] != "work_dir"]
+    return [f"    {key}: {_short(old)} → {_short(new)}" for key, old, new in diff]
+
+
+def _print_plan(plan: Plan, steps: Sequence[registry.Step], launcher: str | None) -> None:
+    typer.echo(f"Plan: {plan.title}")
+    typer.echo(f"  study     {plan.study}  (spec {plan.spec.path}, profile {plan.profile.name})")
+    data_note = "  (absent: generated first)" if plan.generate_data else ""
+    typer.echo(f"  data      {plan.data_root}{data_note}")
+    typer.echo(f"  registry  {plan.study_dir / 'runs'}")
+    typer.echo(f"  work dirs {plan.runs[0].work_dir.parent}")
+    if launcher:
+        typer.echo(f"  launcher  {launcher}")
+    rows = [
+        [
+            step.run.run_id,
+            step.run.variant,
+            "-" if step.run.sweep is None else f"{step.run.sweep.param}={step.run.sweep.value}",
+            step.run.seed,
+            step.action,
+            step.note,
+        ]
+        for step in steps
+    ]
+    typer.echo("")
+    typer.echo(tabulate(rows, headers=["run id", "variant", "sweep", "seed", "action", "note"]))
+    starting = sum(step.action != "skip" for step in steps)
+    typer.echo(f"\n{starting} of {len(steps)} runs would start.")
+    typer.echo(
+        f"\nConfig diff against the baseline ({plan.baseline.run_id}, {plan.baseline.config_name}):"
+    )
+    for step in steps:
+        lines = _diff_lines(plan, step.run.cfg)
+        source = (
+            ""
+            if step.run.config_name == plan.baseline.config_name
+            else f" ({step.run.config_name})"
+        )
+        typer.echo(f"  {step.run.run_id}{source}:" + ("" if lines else " identical"))
+        for line in lines:
+            typer.echo(line)
+
+
+def _progress_text(progress: Progress | None) -> tuple[str, str, str]:
+    if progress is None:
+        return "", "", ""
+    total = f"/{progress.total}" if progress.total else ""
+    epoch = f" (epoch {progress.epoch})" if progress.epoch else ""
+    loss = "" if progress.loss is None else f"{progress.loss:.4g}"
+    return f"{progress.iteration}{total}{epoch}", loss, progress.eta or ""
+
+
+def _handle_rows(handles: Sequence[RunHandle]) -> list[list[str]]:
+    rows = []
+    for handle in handles:
+        state = handle.state()
+        iteration, loss, eta = _progress_text(
+            read_progress(handle.log_path, handle.job.train_len) if state != "queued" else None
+        )
+        rows.append(
+            [handle.job.run_id, state, iteration, loss, "" if state in FINAL_STATES else eta]
+        )
+    return rows
+
+
+_HEADERS = ["run", "state", "iteration", "loss", "ETA"]
+
+
+class _View:
+    """Live progress: a refreshing table on a terminal, one line per change elsewhere."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self.console = Console()
+        self.live = (
+            Live(console=self.console, refresh_per_second=2) if self.console.is_terminal else None
+        )
+        self.seen: dict[str, str] = {}
+
+    def __enter__(self) -> _View:
+        if self.live is not None:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+    def tick(self, handles: list[RunHandle]) -> None:
+        if self.live is not None:
+            from rich.table import Table
+
+            table = Table(*_HEADERS)
+            for row in _handle_rows(handles):
+                table.add_row(*row)
+            self.live.update(table)
+            return
+        for handle in handles:
+            state = handle.state()
+            if self.seen.get(handle.job.run_id) != state:
+                self.seen[handle.job.run_id] = state
+                typer.echo(f"{datetime.now():%H:%M:%S} {handle.job.run_id}: {state}")
+
+
+def _print_outcome(plan: Plan) -> bool:
+    """A table of the plan's runs as the registry has them; True when all are done."""
+    rows, all_done = [], True
+    for run in plan.runs:
+        record = registry.read(run.run_dir)
+        status = record.status if record else "not started"
+        all_done &= status == "done"
+        reason = (record.reason or "") if record else ""
+        rows.append([run.run_id, status, reason])
+    typer.echo("")
+    typer.echo(tabulate(rows, headers=["run id", "status", "reason"]))
+    return all_done
+
+
+def _generate_data(plan: Plan) -> None:
+    from aqr_exp.data.synth import SynthSpec, generate
+
+    typer.echo(f"Generating the synthetic data set at {plan.data_root} (once) …")
+    summary = generate(SynthSpec(**(plan.profile.synth or {})), plan.data_root, force=False)
+    typer.echo(f"  {sum(summary.samples.values())} samples in {summary.seconds:.0f} s")
+
+
+def _report(plan: Plan, by: str | None) -> None:
+    """Collect the finished runs' metrics, print the comparison, write the report."""
+    results_root = plan.study_dir.parent
+    ours = {run.run_id for run in plan.runs}
+    collected = []
+    for outcome in collect(results_root, plan.study):
+        if outcome.run_dir.name not in ours:
+            continue
+        if outcome.state == "collected":
+            collected.append(outcome.run_dir.name)
+        else:
+            typer.echo(f"collect {outcome.run_dir.name}: {outcome.state}: {outcome.detail}")
+    if not collected:
+        typer.echo("\nNo metrics to compare yet.")
+        return
+    study, results, notes = select_runs(results_root, plan.study, collected)
+    typer.echo("")
+    typer.echo(render(compare(results, by=by, study=study, notes=notes), "table"), nl=False)
+    typer.echo(f"\nReport: {write_report(results_root, plan.study, by)}")
+
+
+def _execute(plan: Plan, how: _Launch, by: str | None = None) -> None:
+    steps = registry.decide(plan, force=how.force, retry_failed=how.retry_failed)
+    launcher = make_launcher(how.settings)
+    _print_plan(plan, steps, launcher.describe())
+    if how.dry_run:
+        typer.echo("\nDry run: nothing was started or written.")
+        return
+    todo = [step for step in steps if step.action != "skip"]
+    if todo and plan.generate_data:
+        _generate_data(plan)
+    jobs = [registry.prepare(plan, step.run, fresh=step.action == "rerun") for step in todo]
+    if jobs and how.detach:
+        pool_log = plan.runs[0].work_dir.parent / f"pool-{datetime.now():%Y%m%d_%H%M%S}.log"
+        pid = spawn_detached(jobs, launcher, pool_log)
+        typer.echo(
+            f"\nStarted {len(jobs)} run(s) in the background (pool pid {pid}, log {pool_log})."
+        )
+        typer.echo(
+            f"Follow with: aqr-exp status --study {plan.study} "
+            f"--results-root {plan.study_dir.parent}"
+        )
+        return
+    if jobs:
+        typer.echo("")
+        with _View() as view:
+            run_all(launcher, jobs, on_tick=view.tick)
+    all_done = _print_outcome(plan)
+    _report(plan, by)
+    if not all_done:
+        raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------- commands
+
+
+def variants(
+    write: Path | None = typer.Option(
+        None, "--write", help="Write each variant's resolved config to DIR/<variant>.py."
+    ),
+    spec: Path = SPEC,
+    profile: str | None = PROFILE,
+    data_root: Path | None = DATA_ROOT,
+) -> None:
+    """List the spec's variants and their config diffs against the baseline.
+
+    With --write, save each resolved config (data root and seed filled in); they
+    also train unchanged with mmdet3d's tools/train.py."""
+    loaded = load_spec(spec)
+    target = Target(profile=profile, data_root=data_root, check_data=False)
+    plan = plan_variants(loaded, list(loaded.variants), target)
+    for run in plan.runs:
+        description = loaded.variants[run.variant].description
+        typer.echo(f"{run.variant}: {description}  [{run.config_name}]")
+        for line in _diff_lines(plan, run.cfg) or ["    (the baseline)"]:
+            typer.echo(line)
+        if write is not None:
+            path = write / f"{run.variant}.py"
+            configs.dump_config(run.cfg, path)
+            typer.echo(f"    wrote {path}")
+
+
+def plan(
+    sweep: str | None = typer.Option(
+        None, "--sweep", help="Plan only this sweep (name or dotted key)."
+    ),
+    values: str | None = typer.Option(None, "--values", help="Sweep values, comma-separated."),
+    variant: list[str] = typer.Option(
+        [], "--variant", help="Plan only these variants (repeatable)."
+    ),
+    spec: Path = SPEC,
+    profile: str | None = PROFILE,
+    data_root: Path | None = DATA_ROOT,
+    seeds: str | None = SEEDS,
+    results_root: Path = RESULTS_ROOT,
+    work_root: Path = WORK,
+) -> None:
+    """Show what would run and each run's config diff against the baseline; writes nothing.
+
+    Default: every variant and every named sweep of the spec. Each run's action
+    says whether it would start, resume from a checkpoint, or be skipped."""
+    loaded = load_spec(spec)
+    target = _target(results_root, work_root, profile, data_root, seeds)
+    if sweep is not None:
+        chosen = resolve_sweep(loaded, sweep, _values(values), variant[0] if variant else None)
+        built = plan_sweep(loaded, chosen, target)
+    elif variant:
+        built = plan_variants(loaded, variant, target)
+    else:
+        built = plan_study(loaded, target)
+    _print_plan(built, registry.decide(built), None)
+
+
+def _values(text: str | None) -> list[Any] | None:
+    return [configs.parse_value(part) for part in configs.split_values(text)] if text else None
+
+
+def run(
+    variant: list[str] = typer.Argument(
+        ..., help="Variant name(s) of the spec, e.g. baseline new_aqr."
+    ),
+    spec: Path = SPEC,
+    profile: str | None = PROFILE,
+    data_root: Path | None = DATA_ROOT,
+    seeds: str | None = SEEDS,
+    launcher: str | None = LAUNCHER,
+    jobs: int | None = JOBS,
+    gpus_per_run: int | None = GPUS,
+    dry_run: bool = DRY_RUN,
+    detach: bool = DETACH,
+    force: bool = FORCE,
+    retry_failed: bool = RETRY,
+    results_root: Path = RESULTS_ROOT,
+    work_root: Path = WORK,
+) -> None:
+    """Train variants of the spec, at each seed.
+
+    Finished runs are skipped, interrupted ones resumed from their last
+    checkpoint, failed ones retried with --retry-failed."""
+    loaded = load_spec(spec)
+    how = _launch(loaded, launcher, jobs, gpus_per_run, dry_run, detach, force, retry_failed)
+    built = plan_variants(
+        loaded, variant, _target(results_root, work_root, profile, data_root, seeds)
+    )
+    _execute(built, how)
+
+
+def sweep(
+    name: str = typer.Argument(
+        ..., help="A named sweep of the spec (window_size, bias_scale) or a dotted config key."
+    ),
+    values: str | None = typer.Option(
+        None,
+        "--values",
+        help="Comma-separated values (required for a config key; replaces a named sweep's).",
+    ),
+    variant: str | None = typer.Option(
+        None,
+        "--variant",
+        help="The variant to sweep (default: the sweep's, or the baseline for a key).",
+    ),
+    spec: Path = SPEC,
+    profile: str | None = PROFILE,
+    data_root: Path | None = DATA_ROOT,
+    seeds: str | None = SEEDS,
+    launcher: str | None = LAUNCHER,
+    jobs: int | None = JOBS,
+    gpus_per_run: int | None = GPUS,
+    dry_run: bool = DRY_RUN,
+    detach: bool = DETACH,
+    force: bool = FORCE,
+    retry_failed: bool = RETRY,
+    results_root: Path = RESULTS_ROOT,
+    work_root: Path = WORK,
+) -> None:
+    """Train the baseline and a variant at each value of a parameter; compare and report.
+
+    `aqr-exp sweep window_size` is the main job: on a fresh machine it generates
+    the synthetic data, trains the CPU demo for window_size 5, 8, 10, 15 and the
+    baseline, prints the comparison and writes results/<study>/report.md."""
+    loaded = load_spec(spec)
+    how = _launch(loaded, launcher, jobs, gpus_per_run, dry_run, detach, force, retry_failed)
+    chosen = resolve_sweep(loaded, name, _values(values), variant)
+    built = plan_sweep(loaded, chosen, _target(results_root, work_root, profile, data_root, seeds))
+    _execute(built, how, by=chosen.name)
+
+
+def status(
+    run_id: str | None = typer.Argument(
+        None, help="Show one run in full (a unique prefix of its id)."
+    ),
+    study: str | None = STUDY,
+    results_root: Path = RESULTS_ROOT,
+) -> None:
+    """Show every run's state: progress while running, the reason when it did not finish.
+
+    A run whose process is gone (killed, machine restarted) is marked interrupted."""
+    if run_id is not None:
+        run_dir = _find_run(results_root, study, run_id)
+        record = registry.reconcile(run_dir)
+        assert record is not None
+        typer.echo(record.to_yaml(), nl=False)
+        typer.echo(f"# log: {Path(record.work_dir) / LOG_NAME}")
+        return
+    run_dirs = registry.runs_of(results_root, study)
+    if not run_dirs:
+        typer.echo(f"No runs under {results_root}" + (f" for study {study}" if study else ""))
+        return
+    rows = []
+    for run_dir in run_dirs:
+        record = registry.reconcile(run_dir)
+        assert record is not None
+        detail = record.reason or ""
+        if record.status == "running":
+            train_len = configs.train_length(configs.load_config(run_dir / registry.CONFIG_FILE))
+            iteration, loss, eta = _progress_text(
+                read_progress(Path(record.work_dir) / LOG_NAME, train_len)
+            )
+            detail = f"iter {iteration}  loss {loss}  ETA {eta}" if iteration else "starting"
+        sweep_text = "-" if not record.sweep else f"{record.sweep['param']}={record.sweep['value']}"
+        rows.append(
+            [
+                record.study,
+                record.run_id,
+                record.variant,
+                sweep_text,
+                record.seed,
+                record.status,
+                _cut(detail),
+            ]
+        )
+    typer.echo(
+        tabulate(rows, headers=["study", "run id", "variant", "sweep", "seed", "status", "detail"])
+    )
+
+
+def _cut(text: str, width: int = 90) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _find_run(results_root: Path, study: str | None, prefix: str) -> Path:
+    matches = [
+        path for path in registry.runs_of(results_root, study) if path.name.startswith(prefix)
+    ]
+    if len(matches) != 1:
+        what = (
+            "no run"
+            if not matches
+            else f"{len(matches)} runs ({', '.join(p.name for p in matches)})"
+        )
+        raise AqrError(f"{what} under {results_root} match {prefix!r}")
+    return matches[0]
+
+
+def cancel(
+    run_ids: list[str] = typer.Argument(
+        None, help="Runs to cancel (unique prefixes of their ids)."
+    ),
+    all_runs: bool = typer.Option(
+        False, "--all", help="Cancel every queued or running run (of --study)."
+    ),
+    study: str | None = STUDY,
+    results_root: Path = RESULTS_ROOT,
+) -> None:
+    """Stop running runs and drop queued ones (recorded as cancelled).
+
+    The next `run`/`sweep` resumes them from their last checkpoint."""
+    if all_runs:
+        targets = [
+            run_dir
+            for run_dir in registry.runs_of(results_root, study)
+            if (record := registry.reconcile(run_dir)) is not None
+            and record.status in ("planned", "queued", "running")
+        ]
+    elif run_ids:
+        targets = [_find_run(results_root, study, prefix) for prefix in run_ids]
+    else:
+        raise AqrError("name the runs to cancel, or pass --all")
+    if not targets:
+        typer.echo("Nothing to cancel.")
+    for run_dir in targets:
+        record = cancel_run(run_dir)
+        typer.echo(f"cancelled {record.run_id}")
+
+
+def train(
+    config: Path = typer.Argument(..., help="The mmengine config to train."),
+    work_dir: Path | None = typer.Option(None, "--work-dir", help="Where checkpoints and logs go."),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue from the work dir's last checkpoint (from scratch if none).",
+    ),
+    resume_from: Path | None = typer.Option(
+        None, "--resume-from", help="Continue from this checkpoint."
+    ),
+    amp: bool = typer.Option(False, "--amp", help="Automatic mixed precision (GPU only)."),
+    auto_scale_lr: bool = typer.Option(
+        False, "--auto-scale-lr", help="Scale the LR with the batch size."
+    ),
+    launcher: str = typer.Option(
+        "none", "--launcher", help="none, pytorch (torchrun) or slurm (srun)."
+    ),
+    cfg_options: list[str] = typer.Option(
+        [], "--cfg-options", help="KEY=VALUE config override (repeatable), as in mmdet3d."
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed (sets randomness.seed)."),
+    checkpoint_interval: int | None = typer.Option(
+        None,
+        "--checkpoint-interval",
+        help="Save a checkpoint every N epochs (iterations if iteration-based).",
+    ),
+) -> None:
+    """Train one config, like mmdet3d's tools/train.py (same as `python -m aqr_exp.train`).
+
+    Plus the project's fixes: resume under torch >= 2.6, --seed,
+    --checkpoint-interval, and a stop with a clear message on a NaN/inf loss."""
+    from aqr_exp import train as entry
+
+    argv = [str(config), "--launcher", launcher]
+    argv += ["--work-dir", str(work_dir)] if work_dir else []
+    argv += ["--resume", str(resume_from)] if resume_from else (["--resume"] if resume else [])
+    argv += ["--amp"] if amp else []
+    argv += ["--auto-scale-lr"] if auto_scale_lr else []
+    argv += ["--cfg-options", *cfg_options] if cfg_options else []
+    argv += ["--seed", str(seed)] if seed is not None else []
+    argv += ["--checkpoint-interval", str(checkpoint_interval)] if checkpoint_interval else []
+    if launcher not in entry.LAUNCHERS:
+        raise AqrError(f"--launcher must be one of {', '.join(entry.LAUNCHERS)}, got {launcher!r}")
+    code = entry.main(argv)
+    if code:
+        raise typer.Exit(code)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(variants)
+    app.command()(plan)
+    app.command()(run)
+    app.command()(sweep)
+    app.command()(status)
+    app.command()(cancel)
+    app.command()(train)

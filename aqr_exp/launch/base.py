@@ -1,0 +1,127 @@
+"""The launcher interface: submit a training job, get a handle (state, cancel, log).
+
+Backends (local pool, torchrun, later Slurm) implement `Launcher`; the
+orchestration only talks to this interface, so a sweep runs unchanged on any
+of them. A backend records each state change in the run registry itself,
+which is what `aqr-exp status` reads later, after the submitting process is
+gone.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+FINAL_STATES = frozenset({"done", "failed", "interrupted", "cancelled"})
+LOG_NAME = "train.log"  # stdout + stderr of every attempt, in the work dir
+# The training entry's side of the contract: how it says a run hit a NaN/inf loss.
+EXIT_NONFINITE = 3
+NONFINITE_MARK = "Non-finite loss"
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """What a backend needs to train one run of the registry."""
+
+    run_id: str
+    run_dir: Path  # holds run.yaml and the resolved config.py
+    work_dir: Path
+    train_len: tuple[str, int] | None = None  # ('epoch'|'iter', max): for progress only
+
+    @property
+    def config_path(self) -> Path:
+        return self.run_dir / "config.py"
+
+    @property
+    def log_path(self) -> Path:
+        return self.work_dir / LOG_NAME
+
+    def train_args(self, launcher: str = "none") -> list[str]:
+        """`-m aqr_exp.train ...`: always `--resume`, which starts fresh when the
+        work dir has no checkpoint and otherwise continues from the last one."""
+        return [
+            "-m", "aqr_exp.train", str(self.config_path),
+            "--work-dir", str(self.work_dir), "--resume", "--launcher", launcher,
+        ]  # fmt: skip
+
+
+class RunHandle(ABC):
+    """A submitted run, as its backend sees it."""
+
+    def __init__(self, job: TrainJob) -> None:
+        self.job = job
+
+    @property
+    def log_path(self) -> Path:
+        return self.job.log_path
+
+    @abstractmethod
+    def state(self) -> str:
+        """queued | running | done | failed | interrupted | cancelled."""
+
+    @abstractmethod
+    def cancel(self, reason: str = "cancelled by the user") -> None:
+        """Stop the run (or drop it from the queue) and record it as cancelled."""
+
+    @property
+    def finished(self) -> bool:
+        return self.state() in FINAL_STATES
+
+
+class Launcher(ABC):
+    """A backend: takes jobs, runs them, records their states in the registry."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def submit(self, job: TrainJob) -> RunHandle:
+        """Queue a job (recorded as queued); it starts when the backend has room."""
+
+    @abstractmethod
+    def update(self) -> None:
+        """Advance: record finished runs, start queued ones that fit (non-blocking)."""
+
+    @abstractmethod
+    def shutdown(self, reason: str) -> None:
+        """Stop every run this launcher owns and record why."""
+
+
+def run_all(
+    launcher: Launcher,
+    jobs: Sequence[TrainJob],
+    on_tick: Callable[[list[RunHandle]], None] | None = None,
+    poll_s: float = 1.0,
+) -> list[RunHandle]:
+    """Submit every job and wait in the foreground until all have finished.
+
+    Ctrl-C (or SIGTERM, see `stop_on_sigterm`) stops the runs and records them
+    as cancelled; a later sweep resumes them from their checkpoints.
+    """
+    handles = [launcher.submit(job) for job in jobs]
+    try:
+        while True:
+            launcher.update()
+            if on_tick is not None:
+                on_tick(handles)
+            if all(handle.finished for handle in handles):
+                return handles
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        launcher.shutdown("stopped by the user (Ctrl-C or SIGTERM of the submitting process)")
+        if on_tick is not None:
+            on_tick(handles)
+        raise
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into KeyboardInterrupt so `run_all` stops its runs cleanly."""
+
+    def _raise(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _raise)

@@ -1,0 +1,315 @@
+"""The run registry: results/<study>/runs/<run_id>/{run.yaml, config.py}.
+
+run.yaml is the single source of truth about a run (status and provenance).
+It is rewritten atomically (temp file + os.replace) under a per-run lock, so
+a reader never sees half a file and the pool and `aqr-exp cancel` never lose
+each other's change. Statuses follow a small state machine:
+
+    planned → queued → running → done | failed | interrupted | cancelled
+
+and any final state goes back to planned when the run is started again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aqr_exp import configs, paths
+from aqr_exp.launch.base import TrainJob
+from aqr_exp.plan import RUNS_DIR, Plan, Run
+from aqr_exp.progress import tail_lines
+
+RUN_FILE = "run.yaml"
+CONFIG_FILE = "config.py"
+STATES = ("planned", "queued", "running", "done", "failed", "interrupted", "cancelled")
+ACTIVE = frozenset({"queued", "running"})
+TRANSITIONS = {
+    "planned": {"planned", "queued", "cancelled"},
+    "queued": {"running", "cancelled", "interrupted", "failed"},
+    "running": {"done", "failed", "interrupted", "cancelled"},
+    "done": {"planned"},
+    "failed": {"planned"},
+    "interrupted": {"planned"},
+    "cancelled": {"planned"},
+}
+LOG_TAIL_LINES = 20
+
+
+class TransitionError(RuntimeError):
+    """A status change the state machine does not allow (a bug, not user input)."""
+
+
+@dataclass
+class RunRecord:
+    """The fields of run.yaml (docs/architecture.md, "Run registry")."""
+
+    run_id: str
+    study: str
+    variant: str
+    sweep: dict[str, Any] | None
+    overrides: dict[str, Any]
+    seed: int
+    config: str
+    work_dir: str
+    status: str = "planned"
+    reason: str | None = None
+    exit_code: int | None = None
+    signal: str | None = None
+    log_tail: list[str] | None = None
+    command: str | None = None
+    created: str = field(default_factory=lambda: now())
+    started: str | None = None
+    finished: str | None = None
+    launcher: dict[str, Any] | None = None
+    git_commit: str | None = None
+    data_root: str = ""
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(_plain(dataclasses.asdict(self)), sort_keys=False, allow_unicode=True)
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def _plain(value: Any) -> Any:
+    """YAML-safe: tuples become lists, mmengine ConfigDicts plain dicts."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def git_commit() -> str | None:
+    """The repository's commit, `+dirty` when the tree has changes; None outside git."""
+
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["git", *args], cwd=paths.REPO_ROOT, capture_output=True, text=True, check=False
+        )
+
+    if shutil.which("git") is None:
+        return None
+    head = git("rev-parse", "HEAD")
+    if head.returncode != 0:
+        return None
+    dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def read(run_dir: Path) -> RunRecord | None:
+    path = run_dir / RUN_FILE
+    if not path.is_file():
+        return None
+    return RunRecord(**yaml.safe_load(path.read_text()))
+
+
+def _write(run_dir: Path, record: RunRecord) -> None:
+    tmp = run_dir / f".{RUN_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(record.to_yaml())
+    os.replace(tmp, run_dir / RUN_FILE)
+
+
+@contextlib.contextmanager
+def _locked(run_dir: Path) -> Iterator[None]:
+    with open(run_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def transition(run_dir: Path, status: str, **fields: Any) -> RunRecord:
+    """Move a run to `status`, setting other fields with it, atomically."""
+    with _locked(run_dir):
+        record = read(run_dir)
+        if record is None:
+            raise TransitionError(f"no {RUN_FILE} in {run_dir}")
+        if status not in TRANSITIONS[record.status]:
+            raise TransitionError(f"{record.run_id}: {record.status} → {status} is not allowed")
+        record = dataclasses.replace(record, status=status, **fields)
+        _write(run_dir, record)
+        return record
+
+
+def update(run_dir: Path, **fields: Any) -> RunRecord:
+    """Change fields other than the status (e.g. the exit code of a cancelled run)."""
+    with _locked(run_dir):
+        record = read(run_dir)
+        if record is None:
+            raise TransitionError(f"no {RUN_FILE} in {run_dir}")
+        record = dataclasses.replace(record, **fields)
+        _write(run_dir, record)
+        return record
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process is still there for its launcher.
+
+    A zombie counts as alive while its parent (the pool, which records the exit
+    when it reaps it) lives; an orphaned zombie nobody reaps counts as gone.
+    """
+    if Path("/proc/self").exists():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            return False
+        state, parent = fields[0], int(fields[1])
+        if state in ("Z", "X"):
+            return parent > 1 and Path(f"/proc/{parent}").exists()
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def observe(record: RunRecord) -> tuple[str, str | None]:
+    """The status as it really is: an active run whose process on this host is
+    gone (SIGKILL, OOM killer, reboot) is interrupted, whatever run.yaml says."""
+    launcher = record.launcher or {}
+    pid = launcher.get("pid")
+    here = launcher.get("host") == socket.gethostname()
+    if record.status in ACTIVE and pid and here and not pid_alive(int(pid)):
+        return "interrupted", (
+            f"the process (pid {pid}) is gone while the run was {record.status}: "
+            "killed (e.g. SIGKILL, out of memory) or the machine restarted"
+        )
+    return record.status, record.reason
+
+
+def reconcile(run_dir: Path) -> RunRecord | None:
+    """Record what `observe` finds, so every reader agrees afterwards."""
+    record = read(run_dir)
+    if record is None:
+        return None
+    status, reason = observe(record)
+    if status == record.status:
+        return record
+    with _locked(run_dir):
+        current = read(run_dir)
+        if current is None or current.status != record.status:
+            return current  # someone else moved it meanwhile
+        record = dataclasses.replace(current, status=status, reason=reason, finished=now())
+        _write(run_dir, record)
+        return record
+
+
+def runs_of(results_root: Path, study: str | None = None) -> list[Path]:
+    """Run directories under results/<study>/runs/, in the order they were prepared."""
+    pattern = f"{study or '*'}/{RUNS_DIR}/*/{RUN_FILE}"
+    run_dirs = [path.parent for path in results_root.glob(pattern)]
+
+    def prepared(run_dir: Path) -> tuple[str, float, str]:
+        config = run_dir / CONFIG_FILE
+        when = config.stat().st_mtime if config.is_file() else 0.0
+        return run_dir.parent.parent.name, when, run_dir.name
+
+    return sorted(run_dirs, key=prepared)
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
+    return tail_lines(path)[-lines:]
+
+
+def prepare(plan: Plan, run: Run, fresh: bool) -> TrainJob:
+    """Create (or reset) a run's registry entry and resolved config: status planned.
+
+    `fresh` (--force) deletes the work dir first, so nothing is resumed and
+    the logs of the earlier attempt do not mix with the new ones.
+    """
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    reconcile(run.run_dir)  # a run whose process died is interrupted, not running
+    if fresh and run.work_dir.exists():
+        shutil.rmtree(run.work_dir)
+    configs.dump_config(run.cfg, run.run_dir / CONFIG_FILE)
+    record = RunRecord(
+        run_id=run.run_id,
+        study=run.study,
+        variant=run.variant,
+        sweep=run.sweep.as_dict() if run.sweep else None,
+        overrides=run.overrides,
+        seed=run.seed,
+        config=run.config_name,
+        work_dir=str(run.work_dir),
+        git_commit=git_commit(),
+        data_root=str(plan.data_root),
+    )
+    with _locked(run.run_dir):
+        previous = read(run.run_dir)
+        if previous is not None:
+            if "planned" not in TRANSITIONS[previous.status]:
+                raise TransitionError(
+                    f"{run.run_id} is {previous.status}: it cannot be started again"
+                )
+            record.created = previous.created
+        _write(run.run_dir, record)
+    return TrainJob(
+        run_id=run.run_id,
+        run_dir=run.run_dir,
+        work_dir=run.work_dir,
+        train_len=configs.train_length(run.cfg),
+    )
+
+
+@dataclass(frozen=True)
+class Step:
+    """What starting a plan does to one run."""
+
+    run: Run
+    action: str  # start | resume | rerun | skip
+    note: str = ""
+
+
+def _has_checkpoint(work_dir: Path) -> bool:
+    return (work_dir / "last_checkpoint").is_file()
+
+
+def decide(plan: Plan, force: bool = False, retry_failed: bool = False) -> list[Step]:
+    """Per run: start it, resume it, rerun it from scratch, or skip it (read-only).
+
+    Finished runs are skipped, interrupted/cancelled ones resumed from their
+    last checkpoint, failed ones retried only on request; `force` reruns all
+    but the ones still running.
+    """
+    steps = []
+    for run in plan.runs:
+        record = read(run.run_dir)
+        status, reason = observe(record) if record else (None, None)
+        resume = "resume" if _has_checkpoint(run.work_dir) else "start"
+        if status in ACTIVE:
+            pid = (record.launcher or {}).get("pid") if record else None
+            steps.append(Step(run, "skip", f"{status} (pid {pid}); `aqr-exp cancel` stops it"))
+        elif force and status is not None:
+            steps.append(Step(run, "rerun", f"was {status}; --force starts it from scratch"))
+        elif status == "done":
+            steps.append(Step(run, "skip", "done"))
+        elif status == "failed" and not retry_failed:
+            steps.append(Step(run, "skip", f"failed: {reason}; --retry-failed retries it"))
+        else:
+            note = {None: "new", "planned": "planned earlier"}.get(status, f"was {status}")
+            steps.append(Step(run, resume, note))
+    return steps
+
+
+def job_of(run_dir: Path) -> TrainJob:
+    """The job of an existing registry entry (for a detached pool)."""
+    record = read(run_dir)
+    if record is None:
+        raise TransitionError(f"no {RUN_FILE} in {run_dir}")
+    return TrainJob(run_id=record.run_id, run_dir=run_dir, work_dir=Path(record.work_dir))

@@ -1,0 +1,302 @@
+"""Experiment specs (experiments/*.yaml): what a study compares, at which scale.
+
+A spec names variants, sweeps and seeds once; a profile picks the scale (the
+base config file and data root: `demo` = CPU demo on synthetic data, `full` =
+nuScenes). Everything is checked when the file is read, so a typo fails in a
+second with the file and key, not after an hour of training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aqr_exp import paths
+from aqr_exp.configs import closest
+from aqr_exp.errors import AqrError
+
+DEFAULT_SPEC = paths.EXPERIMENTS / "aqr_cmt.yaml"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The scale of a study: the baseline config file and where the data is."""
+
+    name: str
+    config: Path
+    data_root: Path
+    # SynthSpec fields: the data is synthetic and generated when data_root is absent.
+    synth: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A model variant: another config of the same family and/or config overrides."""
+
+    name: str
+    description: str
+    # `cmt-aqr-new` → the file `cmt-aqr-new_<profile config name after "cmt_">`
+    config_prefix: str | None
+    overrides: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """One config key of one variant, trained at each value (the baseline beside it)."""
+
+    name: str
+    variant: str
+    key: str
+    values: tuple[Any, ...]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class LauncherSettings:
+    type: str = "local"
+    max_concurrent: int = 1
+    gpus_per_run: int | None = None  # None: 1 when GPUs are visible, else CPU
+
+
+@dataclass(frozen=True)
+class Spec:
+    path: Path
+    study: str
+    description: str
+    profiles: Mapping[str, Profile]
+    default_profile: str
+    baseline: str
+    variants: Mapping[str, Variant]
+    sweeps: Mapping[str, Sweep]
+    seeds: tuple[int, ...]
+    checkpoint_interval: int | None
+    launcher: LauncherSettings
+
+    def profile(self, name: str | None) -> Profile:
+        name = name or self.default_profile
+        if name not in self.profiles:
+            raise AqrError(_unknown("profile", name, list(self.profiles), self.path))
+        return self.profiles[name]
+
+    def variant(self, name: str) -> Variant:
+        if name not in self.variants:
+            raise AqrError(_unknown("variant", name, list(self.variants), self.path))
+        return self.variants[name]
+
+    def variant_config(self, variant: Variant, profile: Profile) -> Path:
+        """The config file of a variant at a profile's scale."""
+        if variant.config_prefix is None:
+            return profile.config
+        _, _, suffix = profile.config.name.partition("_")
+        return profile.config.with_name(f"{variant.config_prefix}_{suffix}")
+
+
+def _unknown(kind: str, name: str, known: list[str], where: Path) -> str:
+    suggestion = closest(name, known)
+    hint = f"did you mean {suggestion!r}? " if suggestion else ""
+    return f"unknown {kind} {name!r} ({where.name}): {hint}known: {', '.join(known)}"
+
+
+class _Reader:
+    """Typed access to one YAML mapping, naming the file and key in every error."""
+
+    def __init__(self, data: Any, where: str, path: Path) -> None:
+        if not isinstance(data, Mapping):
+            raise AqrError(f"{path}: {where or 'the file'} must be a mapping, got {data!r}")
+        self.data, self.where, self.path = data, where, path
+
+    def error(self, key: str, message: str) -> AqrError:
+        place = f"{self.where}.{key}" if self.where else key
+        return AqrError(f"{self.path}: {place}: {message}")
+
+    def only(self, *allowed: str) -> _Reader:
+        for key in self.data:
+            if key not in allowed:
+                suggestion = closest(str(key), list(allowed))
+                hint = f"; did you mean {suggestion!r}?" if suggestion else ""
+                raise self.error(str(key), f"unknown key{hint} (allowed: {', '.join(allowed)})")
+        return self
+
+    def get(
+        self, key: str, kind: type | tuple[type, ...], default: Any = ..., nullable: bool = False
+    ) -> Any:
+        if key not in self.data:
+            if default is ...:
+                raise self.error(key, "required")
+            return default
+        value = self.data[key]
+        if value is None and nullable:
+            return None
+        if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
+            raise self.error(key, f"expected {_kind_name(kind)}, got {value!r}")
+        return value
+
+    def sub(self, key: str) -> _Reader:
+        place = f"{self.where}.{key}" if self.where else key
+        return _Reader(self.data.get(key) or {}, place, self.path)
+
+    def positive(self, key: str, default: Any, nullable: bool = False) -> Any:
+        value = self.get(key, int, default, nullable=nullable)
+        if value is not None and value < (0 if key == "gpus_per_run" else 1):
+            raise self.error(
+                key, f"must be {'>= 0' if key == 'gpus_per_run' else '>= 1'}, got {value}"
+            )
+        return value
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {
+        dict: "a mapping",
+        list: "a list",
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+    }
+    return " or ".join(names.get(k, k.__name__) for k in _as_tuple(kind))
+
+
+def _read_yaml(path: Path) -> Any:
+    if not path.is_file():
+        raise AqrError(f"spec file not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise AqrError(f"{where}: malformed YAML: {err.problem or err.context}") from None
+    except yaml.YAMLError as err:
+        raise AqrError(f"{path}: malformed YAML: {err}") from None
+
+
+def _resolve(base: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _profiles(reader: _Reader, config_dir: Path, spec_dir: Path) -> dict[str, Profile]:
+    profiles = {}
+    for name in reader.data:
+        entry = reader.sub(str(name)).only("config", "data_root", "synth")
+        synth = entry.get("synth", dict, None, nullable=True)
+        data_root = entry.get("data_root", str, None, nullable=True)
+        if data_root is None and synth is None:
+            raise entry.error(
+                "data_root", "required (only a synthetic profile, with `synth`, has a default)"
+            )
+        profiles[str(name)] = Profile(
+            name=str(name),
+            config=config_dir / entry.get("config", str),
+            data_root=paths.DEFAULT_DATA_ROOT
+            if data_root is None
+            else _resolve(spec_dir, data_root),
+            synth=synth,
+        )
+    if not profiles:
+        raise reader.error("", "at least one profile is required")
+    return profiles
+
+
+def _overrides(reader: _Reader) -> dict[str, Any]:
+    for key in reader.data:
+        if not isinstance(key, str) or not key or any(not part for part in key.split(".")):
+            raise reader.error(
+                str(key), "override keys are dotted config keys like model.pts_bbox_head.aqr"
+            )
+    return dict(reader.data)
+
+
+def _variants(reader: _Reader) -> dict[str, Variant]:
+    variants = {}
+    for name in reader.data:
+        entry = reader.sub(str(name)).only("description", "config_prefix", "overrides")
+        variants[str(name)] = Variant(
+            name=str(name),
+            description=entry.get("description", str, ""),
+            config_prefix=entry.get("config_prefix", str, None, nullable=True),
+            overrides=_overrides(entry.sub("overrides")),
+        )
+    return variants
+
+
+def _sweeps(reader: _Reader, variants: Mapping[str, Variant]) -> dict[str, Sweep]:
+    sweeps = {}
+    for name in reader.data:
+        entry = reader.sub(str(name)).only("description", "variant", "key", "values")
+        if "." in str(name):
+            raise entry.error("", "a sweep name has no dots (dotted names are config keys)")
+        variant = entry.get("variant", str)
+        if variant not in variants:
+            raise entry.error("variant", _unknown("variant", variant, list(variants), reader.path))
+        values = entry.get("values", list)
+        if not values:
+            raise entry.error("values", "give at least one value")
+        sweeps[str(name)] = Sweep(
+            name=str(name),
+            variant=variant,
+            key=entry.get("key", str),
+            values=tuple(values),
+            description=entry.get("description", str, ""),
+        )
+    return sweeps
+
+
+def _seeds(reader: _Reader) -> tuple[int, ...]:
+    seeds = reader.get("seeds", list, [0])
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
+        raise reader.error("seeds", f"expected a non-empty list of integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise reader.error("seeds", f"repeated seed in {seeds}")
+    return tuple(seeds)
+
+
+def load_spec(path: Path = DEFAULT_SPEC) -> Spec:
+    """Read and check a spec file; relative paths in it are relative to the file."""
+    path = path.resolve()
+    reader = _Reader(_read_yaml(path), "", path).only(
+        "study", "description", "config_dir", "profile", "profiles", "baseline", "variants",
+        "sweeps", "seeds", "train", "launcher",
+    )  # fmt: skip
+    config_dir_text = reader.get("config_dir", str, None, nullable=True)
+    config_dir = (
+        paths.PLUGIN_CONFIGS if config_dir_text is None else _resolve(path.parent, config_dir_text)
+    )
+    profiles = _profiles(reader.sub("profiles"), config_dir, path.parent)
+    default_profile = reader.get("profile", str, next(iter(profiles)))
+    if default_profile not in profiles:
+        raise reader.error("profile", _unknown("profile", default_profile, list(profiles), path))
+    variants = _variants(reader.sub("variants"))
+    baseline = reader.get("baseline", str, "baseline")
+    if baseline not in variants:
+        raise reader.error("baseline", f"{baseline!r} is not one of the variants {list(variants)}")
+    train = reader.sub("train").only("checkpoint_interval")
+    launcher = reader.sub("launcher").only("type", "max_concurrent", "gpus_per_run")
+    study = reader.get("study", str)
+    if not study.replace("-", "").replace("_", "").isalnum():
+        raise reader.error(
+            "study", f"use letters, digits, - and _ only (a directory name), got {study!r}"
+        )
+    return Spec(
+        path=path,
+        study=study,
+        description=reader.get("description", str, ""),
+        profiles=profiles,
+        default_profile=default_profile,
+        baseline=baseline,
+        variants=variants,
+        sweeps=_sweeps(reader.sub("sweeps"), variants),
+        seeds=_seeds(reader),
+        checkpoint_interval=train.positive("checkpoint_interval", None, nullable=True),
+        launcher=LauncherSettings(
+            type=launcher.get("type", str, "local"),
+            max_concurrent=launcher.positive("max_concurrent", 1),
+            gpus_per_run=launcher.positive("gpus_per_run", None, nullable=True),
+        ),
+    )

@@ -1,0 +1,32 @@
+"""The real thing at smoke scale: the plugin's smoke config on synthetic nuScenes
+data, a sweep of two window sizes plus the baseline, two runs at a time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fixtures.toy.helpers import cli
+
+from aqr_exp import registry
+
+SMOKE_SPEC = Path(__file__).parent / "fixtures" / "smoke_spec.yaml"
+
+
+@pytest.mark.slow
+def test_smoke_sweep_two_values_two_concurrent_runs(tmp_path: Path, synth_root: Path) -> None:
+    result = cli(
+        "sweep", "window_size", "--jobs", "2", "--spec", SMOKE_SPEC, "--data-root", synth_root,
+        "--results-root", tmp_path / "results", "--work-root", tmp_path / "work",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output[-4000:]
+    records = [registry.read(run_dir) for run_dir in registry.runs_of(tmp_path / "results")]
+    values = sorted(r.sweep["value"] for r in records if r.sweep)
+    assert values == [5, 8]
+    assert {r.status for r in records} == {"done"} and len(records) == 3
+    assert "local pool: 2 run(s) at a time" in result.stdout
+    for record in records:
+        assert (Path(record.work_dir) / "last_checkpoint").is_file()
+    report = tmp_path / "results" / "smoke-smoke" / "report.md"
+    assert f"Report: {report}" in result.stdout and report.is_file()
+    assert "mAP" in result.stdout
