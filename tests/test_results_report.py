@@ -13,11 +13,12 @@ from matplotlib.container import ErrorbarContainer
 from matplotlib.image import imread
 from typer.testing import CliRunner
 
+from aqr_exp import paths
 from aqr_exp.cli.main import app
 from aqr_exp.results.compare import compare, select_runs
 from aqr_exp.results.figures import sweep_figure
 from aqr_exp.results.nuscenes import CLASSES
-from aqr_exp.results.report import write_report
+from aqr_exp.results.report import portable, write_report
 
 STUDY = "window_size"
 KEY = "model.pts_bbox_head.aqr.window_size"
@@ -166,3 +167,10 @@ def test_cli_report(root: Path) -> None:
     assert ok.stdout.strip() == f"wrote {root / STUDY / 'report.md'}"
     missing = runner.invoke(app, ["report", "--study", "nope", "--results-root", str(root)])
     assert missing.exit_code == 2
+
+
+def test_paths_inside_the_checkout_are_shown_repo_relative() -> None:
+    inside = f"python -m aqr_exp.train {paths.REPO_ROOT}/results/s/runs/r/config.py"
+    assert portable(inside) == "python -m aqr_exp.train results/s/runs/r/config.py"
+    assert portable(str(paths.REPO_ROOT)) == "."
+    assert portable("/elsewhere/data/nuscenes") == "/elsewhere/data/nuscenes"

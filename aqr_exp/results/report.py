@@ -15,6 +15,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from aqr_exp import paths
 from aqr_exp.results.compare import (
     AQR,
     COST,
@@ -122,7 +123,7 @@ def checkpoint_of(result: RunResult) -> str:
 def _setup(comparison: Comparison) -> str:
     runs = _all_runs(comparison)
     seeds = sorted({str(r.field("seed")) for r in runs})
-    data = sorted({str(r.record["data_root"]) for r in runs if r.record.get("data_root")})
+    data = sorted({portable(str(r.record["data_root"])) for r in runs if r.record.get("data_root")})
     evaluations = {(str(_where(r).get("from")), _where(r).get("epoch")) for r in runs}
     if len(evaluations) == 1:
         kind, epoch = next(iter(evaluations))
@@ -209,6 +210,18 @@ def _matching_pair(
     return base_runs[0], runs[0]
 
 
+def portable(text: str) -> str:
+    """Paths inside the checkout as repo-relative, so a report reads the same (and can
+    be shared) wherever the repository was cloned."""
+    return text.replace(f"{paths.REPO_ROOT}/", "").replace(str(paths.REPO_ROOT), ".")
+
+
+def _config_lines(path: Path) -> list[str]:
+    """The saved config without `work_dir`, which names the run, not the variant."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [portable(line) for line in lines if not line.startswith("work_dir = ")]
+
+
 def config_diff(base: RunResult, run: RunResult) -> str:
     """Unified diff of the saved resolved configs, or why there is none."""
     base_file, run_file = base.run_dir / CONFIG_FILE, run.run_dir / CONFIG_FILE
@@ -217,8 +230,8 @@ def config_diff(base: RunResult, run: RunResult) -> str:
         return f"No saved {CONFIG_FILE} for {' and '.join(missing)}: no diff."
     diff = list(
         difflib.unified_diff(
-            base_file.read_text(encoding="utf-8").splitlines(),
-            run_file.read_text(encoding="utf-8").splitlines(),
+            _config_lines(base_file),
+            _config_lines(run_file),
             fromfile=f"{base.run_id}/{CONFIG_FILE}",
             tofile=f"{run.run_id}/{CONFIG_FILE}",
             lineterm="",
@@ -265,10 +278,11 @@ def _provenance(comparison: Comparison) -> str:
                 numbers_from(run),
                 checkpoint_of(run),
                 commit,
-                record.get("data_root") or "—",
+                portable(str(record.get("data_root") or "—")),
             ]
             rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
-            commands.append(f"{run.run_id}: {record.get('command') or 'not recorded'}")
+            command = portable(str(record.get("command") or "not recorded"))
+            commands.append(f"{run.run_id}: {command}")
     block = "\n".join(commands)
     return f"{header}\n" + "\n".join(rows) + f"\n\nCommands:\n\n```text\n{block}\n```"
 
