@@ -1,0 +1,125 @@
+"""Benchmark: seconds per training iteration of baseline, old AQR and new AQR.
+
+All variants train on the same batch in one process, in interleaved rounds, so
+the ratios to the baseline are not skewed by load that comes and goes. The
+models are the plugin's configs (the CPU demo by default) built by mmengine's
+Runner; a step is forward + loss + backward + AdamW update, as in training.
+Run from the repository root:
+
+    python bench/train_step.py                   # writes bench/results/train_step-cpu.*
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from mmengine.config import Config
+from mmengine.runner import Runner
+
+from aqr_exp import paths
+from aqr_exp.results.files import write_atomic, write_json_atomic
+
+log = logging.getLogger("bench.train_step")
+
+SUFFIX = "lc_pillar100_r18_256x128_1xb2-demo_synth-nus.py"
+VARIANTS = {
+    "baseline": f"cmt_{SUFFIX}",
+    "old_aqr": f"cmt-aqr-old_{SUFFIX}",
+    "new_aqr": f"cmt-aqr-new_{SUFFIX}",
+}
+RESULTS = Path(__file__).parent / "results"
+
+
+def build(config: Path, work_dir: str) -> Runner:
+    cfg = Config.fromfile(config)
+    cfg.work_dir = work_dir
+    cfg.train_dataloader.num_workers = 0
+    cfg.train_dataloader.persistent_workers = False
+    cfg.randomness = dict(seed=0)
+    return Runner.from_cfg(cfg)
+
+
+class Trainer:
+    """One variant's model and optimizer, stepping on a fixed batch."""
+
+    def __init__(self, runner: Runner, batch: dict, lr: float) -> None:
+        self.model = runner.model
+        self.model.init_weights()
+        self.model.train()
+        self.data = self.model.data_preprocessor(batch, True)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr)
+
+    def step(self) -> float:
+        start = time.perf_counter()
+        losses = self.model(**self.data, mode="loss")
+        loss = sum(value for key, value in losses.items() if "loss" in key)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per variant per round")
+    parser.add_argument("--out", type=Path, default=RESULTS / "train_step-cpu")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    with tempfile.TemporaryDirectory() as work:
+        runners = {
+            name: build(paths.PLUGIN_CONFIGS / config, f"{work}/{name}")
+            for name, config in VARIANTS.items()
+        }
+        batch = next(iter(runners["baseline"].train_dataloader))
+        trainers = {name: Trainer(runner, batch, 1e-4) for name, runner in runners.items()}
+        for trainer in trainers.values():
+            trainer.step()  # warm-up
+        times: dict[str, list[float]] = {name: [] for name in trainers}
+        for round_index in range(args.rounds):
+            for name, trainer in trainers.items():
+                times[name].extend(trainer.step() for _ in range(args.steps))
+            log.info(
+                "round %d: %s", round_index + 1, {k: f"{v[-1]:.3f}s" for k, v in times.items()}
+            )
+
+    median = {name: statistics.median(values) for name, values in times.items()}
+    device = f"CPU ({torch.get_num_threads()} threads), torch {torch.__version__}"
+    command = "python bench/train_step.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    rows = [
+        f"| {name} | {VARIANTS[name]} | {median[name]:.3f} | "
+        f"{median[name] / median['baseline']:.2f}× | {len(times[name])} |"
+        for name in VARIANTS
+    ]
+    text = "\n".join(
+        [
+            f"# Training step benchmark ({device})",
+            "",
+            f"Command: `{command.strip()}`. One batch of the CPU demo config (batch 2),",
+            "forward + loss + backward + AdamW step; median over interleaved rounds.",
+            "",
+            "| variant | config | s/iter | × baseline | steps timed |",
+            "|---|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    )
+    write_json_atomic(
+        args.out.with_suffix(".json"),
+        {"device": device, "command": command.strip(), "seconds": times, "median": median},
+    )
+    write_atomic(args.out.with_suffix(".md"), text)
+    log.info("%s", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

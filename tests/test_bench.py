@@ -1,0 +1,36 @@
+"""The benchmark scripts run end to end and write what docs/benchmarks.md quotes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from markdown_tables import markdown_tables
+
+from aqr_exp import paths
+
+
+def test_attention_bench_writes_ratios_to_the_floor_of_the_same_run(tmp_path: Path) -> None:
+    stem = tmp_path / "attention"
+    subprocess.run(
+        [
+            sys.executable, str(paths.REPO_ROOT / "bench" / "attention.py"),
+            "--sizes", "demo", "--methods", "floor,dense,prototype",
+            "--budget-s", "0", "--out", str(stem),
+        ],
+        check=True, cwd=paths.REPO_ROOT,
+    )  # fmt: skip
+    payload = json.loads(stem.with_suffix(".json").read_text())
+    rows = payload["results"]
+    assert {(r["method"], r["pass"]) for r in rows} == {
+        (m, p) for m in ("floor", "dense", "prototype") for p in ("forward", "forward+backward")
+    }
+    assert all(r["time_ms"] > 0 and r["repeats"] >= 3 for r in rows)
+    table = markdown_tables(stem.with_suffix(".md").read_text())[0]
+    by_method = {(row[1], row[2]): row for row in table[1:]}
+    for (method, pass_), row in by_method.items():
+        floor = next(r for r in rows if r["method"] == "floor" and r["pass"] == pass_)
+        mine = next(r for r in rows if r["method"] == method and r["pass"] == pass_)
+        assert row[4] == f"{mine['time_ms'] / floor['time_ms']:.2f}×"
