@@ -30,7 +30,7 @@ def test_attention_bench_writes_ratios_to_the_floor_of_the_same_run(tmp_path: Pa
     assert all(r["time_ms"] > 0 and r["repeats"] >= 3 for r in rows)
     table = markdown_tables(stem.with_suffix(".md").read_text())[0]
     by_method = {(row[1], row[2]): row for row in table[1:]}
-    for (method, pass_), row in by_method.items():
+    for (pass_, method), row in by_method.items():
         floor = next(r for r in rows if r["method"] == "floor" and r["pass"] == pass_)
         mine = next(r for r in rows if r["method"] == method and r["pass"] == pass_)
         assert row[4] == f"{mine['time_ms'] / floor['time_ms']:.2f}×"
