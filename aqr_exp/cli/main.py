@@ -7,7 +7,7 @@ import logging
 import typer
 from typer.core import TyperGroup
 
-from aqr_exp.cli import data, doctor, results, runs
+from aqr_exp.cli import data, doctor, results, runs, viz
 from aqr_exp.errors import AqrError
 
 
@@ -49,6 +49,7 @@ data.register(app)
 doctor.register(app)
 results.register(app)
 runs.register(app)
+viz.register(app)
 
 if __name__ == "__main__":
     app()

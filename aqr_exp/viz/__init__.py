@@ -1,0 +1,2 @@
+"""Pictures of AQR: attention-bias windows on the cameras and the BEV map, and
+statistics of the per-query modality weights."""

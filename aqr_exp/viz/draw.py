@@ -1,0 +1,172 @@
+"""Matplotlib (Agg, no pyplot) figures, rendered to PNG bytes for atomic writes."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from matplotlib.colors import TwoSlopeNorm
+from matplotlib.figure import Figure
+
+from aqr_exp.viz.overlays import BOX_BOTTOM, BOX_EDGES, project_points
+
+PRED_COLOR, GT_COLOR = "#ff3030", "#30ff60"
+
+
+@dataclass
+class Boxes:
+    corners: np.ndarray  # [B, 8, 3] in LiDAR meters
+    color: str
+    label: str
+
+
+def png_bytes(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
+
+
+def _norm(heat: np.ndarray) -> TwoSlopeNorm:
+    """Signed values (tanh weights) around a white zero."""
+    peak = float(np.abs(heat).max()) or 1.0
+    return TwoSlopeNorm(vcenter=0.0, vmin=-peak, vmax=peak)
+
+
+def camera_figure(
+    images: np.ndarray,
+    heat: np.ndarray,
+    lidar2img: np.ndarray,
+    boxes: list[Boxes],
+    view_names: list[str],
+    title: str,
+    heat_label: str,
+) -> bytes:
+    """Six views (RGB [V, H, W, 3]) with the heat [V, H, W] (zero: transparent) and
+    the boxes projected with the sample's lidar2img."""
+    views, img_h, img_w = heat.shape
+    fig = Figure(figsize=(12, 4.6), layout="constrained")
+    axes = fig.subplots(2, (views + 1) // 2).flatten()
+    norm = _norm(heat)
+    mappable = None
+    for view, ax in enumerate(axes[:views]):
+        ax.imshow(images[view], extent=(0, img_w, img_h, 0))
+        masked = np.ma.masked_equal(heat[view], 0.0)
+        mappable = ax.imshow(
+            masked, cmap="coolwarm", norm=norm, alpha=0.6, extent=(0, img_w, img_h, 0)
+        )
+        for group in boxes:
+            _draw_boxes_in_view(ax, group, lidar2img[view : view + 1])
+        ax.set_xlim(0, img_w)
+        ax.set_ylim(img_h, 0)
+        ax.set_title(view_names[view], fontsize=9)
+        ax.set_axis_off()
+    fig.colorbar(mappable, ax=axes.tolist(), shrink=0.8, label=heat_label)
+    _legend(fig, boxes)
+    fig.suptitle(title, fontsize=10)
+    return png_bytes(fig)
+
+
+def _draw_boxes_in_view(ax, group: Boxes, lidar2img: np.ndarray) -> None:
+    for corners in group.corners:
+        pixels, depth = project_points(corners, lidar2img)
+        pixels, depth = pixels[0], depth[0]
+        for a, b in BOX_EDGES:
+            if depth[a] > 0.1 and depth[b] > 0.1:
+                ax.plot(*pixels[[a, b]].T, color=group.color, linewidth=0.8)
+
+
+def _legend(fig: Figure, boxes: list[Boxes]) -> None:
+    handles = [fig.axes[0].plot([], [], color=group.color, label=group.label)[0] for group in boxes]
+    fig.legend(handles=handles, loc="lower left", fontsize=8)
+
+
+def bev_figure(
+    points: np.ndarray,
+    heat: np.ndarray,
+    pc_range: np.ndarray,
+    ref_xy: np.ndarray,
+    ref_value: np.ndarray,
+    chosen: np.ndarray,
+    boxes: list[Boxes],
+    title: str,
+    heat_label: str,
+    ref_label: str,
+) -> bytes:
+    """Top view: LiDAR points, the chosen queries' BEV heat [H, W] (row from y, col
+    from x), every query's reference point coloured by `ref_value`, and the boxes."""
+    x0, y0, x1, y1 = pc_range[0], pc_range[1], pc_range[3], pc_range[4]
+    fig = Figure(figsize=(8, 7), layout="constrained")
+    ax = fig.subplots()
+    ax.scatter(points[:, 0], points[:, 1], s=0.3, c="0.55", linewidths=0)
+    masked = np.ma.masked_equal(heat, 0.0)
+    window = ax.imshow(
+        masked,
+        cmap="coolwarm",
+        norm=_norm(heat),
+        alpha=0.6,
+        origin="lower",
+        extent=(x0, x1, y0, y1),
+    )
+    refs = ax.scatter(
+        ref_xy[:, 0],
+        ref_xy[:, 1],
+        c=ref_value,
+        cmap="PiYG_r",
+        norm=_norm(ref_value),
+        s=14,
+        edgecolors="k",
+        linewidths=0.3,
+    )
+    ax.scatter(
+        ref_xy[chosen, 0], ref_xy[chosen, 1], s=90, facecolors="none", edgecolors="k", linewidths=1
+    )
+    for group in boxes:
+        for corners in group.corners:
+            ring = corners[[*BOX_BOTTOM, BOX_BOTTOM[0]], :2]
+            ax.plot(ring[:, 0], ring[:, 1], color=group.color, linewidth=1)
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    ax.set_aspect("equal")
+    ax.set_xlabel("x (m)")
+    ax.set_ylabel("y (m)")
+    fig.colorbar(window, ax=ax, shrink=0.6, label=heat_label)
+    fig.colorbar(refs, ax=ax, shrink=0.6, label=ref_label)
+    _legend(fig, boxes)
+    fig.suptitle(title, fontsize=10)
+    return png_bytes(fig)
+
+
+def weights_figure(table: pd.DataFrame, title: str) -> bytes:
+    """Mean LiDAR vs camera weight of the matched queries by class and by distance."""
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    by_class_ax, by_distance_ax = fig.subplots(1, 2, width_ratios=(2, 1))
+    for ax, key in ((by_class_ax, "class"), (by_distance_ax, "distance")):
+        grouped = _pooled(table, key)
+        positions = np.arange(len(grouped))
+        ax.bar(positions - 0.2, grouped["lidar_w_mean"], 0.4, label="LiDAR weight")
+        ax.bar(positions + 0.2, grouped["cam_w_mean"], 0.4, label="camera weight (seen)")
+        ax.set_xticks(positions, [f"{k}\n(n={n})" for k, n in grouped["count"].items()])
+        ax.tick_params(axis="x", labelsize=7, labelrotation=30)
+        ax.axhline(0.0, color="k", linewidth=0.5)
+        ax.set_title(f"by {key}", fontsize=9)
+    by_class_ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return png_bytes(fig)
+
+
+def _pooled(table: pd.DataFrame, key: str) -> pd.DataFrame:
+    """Count-weighted means over the other key (rows with no matches drop out)."""
+    table = table.assign(
+        lidar_sum=table["lidar_w_mean"].fillna(0) * table["count"],
+        cam_sum=table["cam_w_mean"].fillna(0) * table["cam_seen"],
+    )
+    sums = table.groupby(key, sort=False)[["count", "cam_seen", "lidar_sum", "cam_sum"]].sum()
+    return pd.DataFrame(
+        {
+            "count": sums["count"],
+            "lidar_w_mean": sums["lidar_sum"] / sums["count"].where(sums["count"] > 0),
+            "cam_w_mean": sums["cam_sum"] / sums["cam_seen"].where(sums["cam_seen"] > 0),
+        }
+    )
