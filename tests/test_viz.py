@@ -3,6 +3,7 @@ and the commands end to end on the demo config (real model forward on CPU)."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from mmengine.logging import HistoryBuffer
 from typer.testing import CliRunner
 
@@ -196,3 +198,61 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(
     (error,) = [line for line in result.output.splitlines() if line.startswith("error: ")]
     assert message in error
     assert not out.exists()
+
+
+def _registry_run(root: Path, run_id: str, config: Path, nds: float, checkpoint: Path) -> None:
+    """A collected run as the registry holds it: run.yaml, config.py, metrics.json."""
+    from mmengine.config import Config
+
+    run_dir = root / "study" / "runs" / run_id
+    run_dir.mkdir(parents=True)
+    variant = run_id.split("-")[0]
+    record = {"run_id": run_id, "study": "study", "variant": variant, "seed": 0}
+    (run_dir / "run.yaml").write_text(yaml.safe_dump({**record, "status": "done"}))
+    Config.fromfile(config).dump(run_dir / "config.py")
+    metrics = {
+        **record,
+        "sweep": None,
+        "source": {"metrics": {"from": "val", "epoch": 1}, "last_checkpoint": str(checkpoint)},
+        "metrics": {"mAP": nds / 2, "NDS": nds},
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_report_viz_draws_the_best_aqr_run_into_the_report(data_root: Path, tmp_path: Path) -> None:
+    from mmdet3d.registry import MODELS
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    init_default_scope("mmdet3d")
+    checkpoint = tmp_path / "new.pth"
+    torch.save({"state_dict": MODELS.build(Config.fromfile(NEW).model).state_dict()}, checkpoint)
+    root = tmp_path / "results"
+    _registry_run(root, "baseline-s0", BASELINE, 0.30, checkpoint)
+    _registry_run(root, "new_aqr-s0", NEW, 0.20, checkpoint)
+    _registry_run(root, "old_aqr-s0", OLD, 0.10, checkpoint)
+
+    result = CliRunner().invoke(
+        app,
+        ["report", "--study", "study", "--results-root", str(root), "--viz",
+         "--viz-sample", "1", "--viz-samples", "2"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = (root / "study" / "report.md").read_text()
+    section = report.split("## Seeing AQR", 1)[1].split("\n## ", 1)[0]
+    # The baseline has the best NDS but no AQR; among the AQR runs new_aqr is best.
+    assert "`new_aqr-s0`" in section and "old_aqr-s0" not in section
+    for name in ("sample0001_cameras.png", "sample0001_bev.png", "weights.png"):
+        assert f"](figures/viz/{name})" in section
+        _png(root / "study" / "figures" / "viz" / name)
+
+
+def test_report_viz_without_an_aqr_run_says_so(data_root: Path, tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    _registry_run(root, "baseline-s0", BASELINE, 0.30, tmp_path / "none.pth")
+    result = CliRunner().invoke(
+        app, ["report", "--study", "study", "--results-root", str(root), "--viz"]
+    )
+    assert result.exit_code == 2
+    assert "no collected AQR run" in result.output
+    assert not (root / "study" / "report.md").exists()

@@ -91,12 +91,28 @@ def compare(
 def report(
     study: str | None = STUDY,
     by: str | None = typer.Option(None, "--by", help="As for `compare`."),
+    viz: bool = typer.Option(
+        False,
+        "--viz",
+        help="Add AQR pictures of the best AQR run (by NDS): windows and weights.",
+    ),
+    viz_sample: int = typer.Option(0, "--viz-sample", help="The val sample to draw."),
+    viz_samples: int | None = typer.Option(
+        None, "--viz-samples", help="Val samples for the weight statistics (default: all)."
+    ),
     results_root: Path = RESULTS_ROOT,
 ) -> None:
     """Write <results-root>/<study>/report.md and its figures.
 
-    Tables, figures, config diffs against the baseline, and provenance."""
-    path = write_report(results_root, study, by)
+    Tables, figures, config diffs against the baseline, and provenance; with --viz
+    also the AQR windows and modality weights of the best AQR run."""
+    extra = []
+    if viz:
+        # mmdet3d and torch take seconds to import: only when pictures are asked for.
+        from aqr_exp.viz.study import study_pictures
+
+        extra = study_pictures(results_root, study, viz_sample, viz_samples)
+    path = write_report(results_root, study, by, extra)
     typer.echo(f"wrote {path}")
 
 

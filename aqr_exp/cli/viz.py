@@ -4,7 +4,6 @@ Bad input raises AqrError, which the app turns into one message and exit status 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import typer
@@ -62,16 +61,10 @@ def bias(
     each chosen query's splat into those maps. A config without AQR (the baseline)
     exits 2 and draws nothing."""
     # mmdet3d and torch take seconds to import: only when a viz command runs.
-    from aqr_exp.viz.bias import choose_queries, render
-    from aqr_exp.viz.bias import write as write_pictures
-    from aqr_exp.viz.model import check_sample, load, run_sample
+    from aqr_exp.viz.pictures import bias_pictures
 
-    loaded = load(config, checkpoint)
-    check_sample(loaded, sample)
-    run = run_sample(loaded, sample)
-    chosen = choose_queries(run, queries, top)
-    for path in write_pictures(_out_dir(out, config), render(loaded, run, chosen)):
-        typer.echo(f"wrote {path}")
+    pictures = bias_pictures(config, checkpoint, sample, queries, top)
+    _write(_out_dir(out, config), pictures.files)
 
 
 @app.command()
@@ -96,31 +89,22 @@ def weights(
     weights-matched.csv (one row per matched query) and weights.png. A config without
     AQR exits 2 and writes nothing."""
     # mmdet3d and torch take seconds to import: only when a viz command runs.
-    from aqr_exp.viz.draw import weights_figure
-    from aqr_exp.viz.model import load
-    from aqr_exp.viz.weights import collect
+    from aqr_exp.viz.pictures import weight_pictures
 
     if max_distance <= 0:
         raise typer.BadParameter(
             f"must be positive, got {max_distance}", param_hint="--max-distance"
         )
-    loaded = load(config, checkpoint)
-    stats = collect(loaded, samples, max_distance)
-    scale = "none (old AQR)" if math.isnan(stats.bias_scale) else f"{stats.bias_scale:.3f}"
-    title = (
-        f"{config.name} — {stats.samples} val samples, {len(stats.matched)} of {stats.num_gt} "
-        f"GT boxes matched (≤ {max_distance:g} m)\nbias scale {scale}"
-    )
-    folder = _out_dir(out, config)
-    files = {
-        folder / "weights.csv": stats.table.to_csv(index=False),
-        folder / "weights-matched.csv": stats.matched.to_csv(index=False),
-        folder / "weights.png": weights_figure(stats.table, title),
-    }
-    for path, data in files.items():
-        write_atomic(path, data)
-        typer.echo(f"wrote {path}")
-    typer.echo(title.replace("\n", " — "))
+    pictures = weight_pictures(config, checkpoint, samples, max_distance)
+    _write(_out_dir(out, config), pictures.files)
+    typer.echo(pictures.summary)
+
+
+def _write(folder: Path, files: dict[str, bytes | str]) -> None:
+    """Everything is rendered before this: a failure leaves nothing half-written."""
+    for name, data in files.items():
+        write_atomic(folder / name, data)
+        typer.echo(f"wrote {folder / name}")
 
 
 def register(parent: typer.Typer) -> None:

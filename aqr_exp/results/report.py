@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,8 +195,8 @@ def _table_block(table: Table, number: int) -> str:
     return f"Table {number}: {table.title}.\n\n{table_text(table.frame, 'markdown')}"
 
 
-def _figure_block(figure: ReportFigure, number: int) -> str:
-    return f"![Figure {number}]({figure.file})\n\n*Figure {number}: {figure.caption}*"
+def _figure_block(file: str, caption: str, number: int) -> str:
+    return f"![Figure {number}]({file})\n\n*Figure {number}: {caption}*"
 
 
 def _matching_pair(
@@ -287,7 +288,17 @@ def _provenance(comparison: Comparison) -> str:
     return f"{header}\n" + "\n".join(rows) + f"\n\nCommands:\n\n```text\n{block}\n```"
 
 
-def report_markdown(comparison: Comparison, figures: list[ReportFigure]) -> str:
+@dataclass
+class ExtraFigure:
+    """A picture made elsewhere (e.g. `aqr-exp viz`), already written under the study."""
+
+    file: str  # relative to the report
+    caption: str
+
+
+def report_markdown(
+    comparison: Comparison, figures: list[ReportFigure], extra: Sequence[ExtraFigure] = ()
+) -> str:
     title = comparison.study or "selected runs"
     parts = [f"# Results: {title}", _setup(comparison)]
     findings = [_finding(comparison, m) for m in FINDING_METRICS]
@@ -304,13 +315,19 @@ def report_markdown(comparison: Comparison, figures: list[ReportFigure]) -> str:
             blocks.append(_table_block(table, table_number))
         for figure in (f for f in figures if f.section == section):
             figure_number += 1
-            blocks.append(_figure_block(figure, figure_number))
+            blocks.append(_figure_block(figure.file, figure.caption, figure_number))
         if blocks:
             parts.append(f"## {heading}\n\n" + "\n\n".join(blocks))
     caveats = "\n".join(f"- {w}" for w in comparison.warnings) or (
         "None: every row has n ≥ 2 and every Δ of the detection and cost metrics exceeds "
         "the seeds' spread."
     )
+    if extra:
+        blocks = []
+        for figure in extra:
+            figure_number += 1
+            blocks.append(_figure_block(figure.file, figure.caption, figure_number))
+        parts.append("## Seeing AQR\n\n" + "\n\n".join(blocks))
     parts.append(f"## Caveats\n\n{caveats}")
     parts.append(f"## Configuration differences\n\n{_config_section(comparison)}")
     parts.append(f"## Provenance\n\n{_provenance(comparison)}")
@@ -325,7 +342,12 @@ def _remove_stale_figures(folder: Path, keep: set[str]) -> None:
                 png.unlink()
 
 
-def write_report(results_root: Path, study: str | None = None, by: str | None = None) -> Path:
+def write_report(
+    results_root: Path,
+    study: str | None = None,
+    by: str | None = None,
+    extra: Sequence[ExtraFigure] = (),
+) -> Path:
     """Write `<results_root>/<study>/report.md` and its figures; return the report's path."""
     study, results, notes = select_runs(results_root, study)
     comparison = compare(results, by=by, study=study, notes=notes)
@@ -335,5 +357,5 @@ def write_report(results_root: Path, study: str | None = None, by: str | None = 
         write_atomic(out_dir / figure.file, png_bytes(figure.figure))
     _remove_stale_figures(out_dir / FIGURES_DIR, {Path(f.file).name for f in figures})
     report = out_dir / REPORT_FILE
-    write_atomic(report, report_markdown(comparison, figures))
+    write_atomic(report, report_markdown(comparison, figures, extra))
     return report

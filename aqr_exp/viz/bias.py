@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,6 @@ from mmdet3d.structures import LiDARInstance3DBoxes
 from torch import Tensor
 
 from aqr_exp.errors import AqrError
-from aqr_exp.results.files import write_atomic
 from aqr_exp.viz.draw import GT_COLOR, PRED_COLOR, Boxes, bev_figure, camera_figure
 from aqr_exp.viz.model import Loaded, SampleRun
 from aqr_exp.viz.overlays import (
@@ -21,8 +19,6 @@ from aqr_exp.viz.overlays import (
     split_tokens,
 )
 from cmt_aqr.box_coder import decode_codes
-
-log = logging.getLogger(__name__)
 
 
 def choose_queries(run: SampleRun, queries: list[str], top: int) -> Tensor:
@@ -102,12 +98,3 @@ def render(loaded: Loaded, run: SampleRun, queries: Tensor) -> dict[str, bytes]:
     )
     stem = f"sample{run.index:04d}"
     return {f"{stem}_cameras.png": cameras, f"{stem}_bev.png": bev}
-
-
-def write(out: Path, pictures: dict[str, bytes]) -> list[Path]:
-    written = []
-    for name, data in pictures.items():
-        write_atomic(out / name, data)
-        written.append(out / name)
-        log.info("wrote %s", out / name)
-    return written
