@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from aqr_exp import configs, paths
+from aqr_exp.files import write_atomic
 from aqr_exp.launch.base import TrainJob
 from aqr_exp.plan import RUNS_DIR, Plan, Run
 from aqr_exp.progress import tail_lines
@@ -119,9 +120,7 @@ def read(run_dir: Path) -> RunRecord | None:
 
 
 def _write(run_dir: Path, record: RunRecord) -> None:
-    tmp = run_dir / f".{RUN_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(record.to_yaml())
-    os.replace(tmp, run_dir / RUN_FILE)
+    write_atomic(run_dir / RUN_FILE, record.to_yaml())
 
 
 @contextlib.contextmanager

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aqr_exp.results.files import write_atomic, write_json_atomic
+from aqr_exp.files import write_atomic, write_json_atomic
 from cmt_aqr.aqr.bias import BiasScale, WindowBias, WindowSpec
 from cmt_aqr.aqr.cells import MemoryLayout, QueryCells
 from cmt_aqr.attention import MultiheadAttention

@@ -24,7 +24,7 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 from aqr_exp import paths
-from aqr_exp.results.files import write_atomic, write_json_atomic
+from aqr_exp.files import write_atomic, write_json_atomic
 
 log = logging.getLogger("bench.train_step")
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import typer
 
+from aqr_exp.files import write_atomic
 from aqr_exp.paths import WORK_ROOT
-from aqr_exp.results.files import write_atomic
 
 app = typer.Typer(
     help=(

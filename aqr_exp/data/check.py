@@ -16,21 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-TABLES = (
-    "category",
-    "attribute",
-    "visibility",
-    "instance",
-    "sensor",
-    "calibrated_sensor",
-    "ego_pose",
-    "log",
-    "scene",
-    "sample",
-    "sample_data",
-    "sample_annotation",
-    "map",
-)
+from aqr_exp.data.format import TABLES
+
 # Which split NuScenesMetric evaluates, and which one training uses, per version.
 EVAL_SPLIT = {"v1.0-trainval": "val", "v1.0-mini": "mini_val"}
 TRAIN_SPLIT = {"v1.0-trainval": "train", "v1.0-mini": "mini_train"}

@@ -28,6 +28,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from aqr_exp.data.format import TABLES
 from aqr_exp.data.sensors import (
     CAMERAS,
     LIDAR,
@@ -47,21 +48,6 @@ logger = logging.getLogger(__name__)
 
 VERSION = "v1.0-trainval"
 MARKER = "synth.json"  # provenance; also what lets --force replace a directory
-TABLES = (
-    "category",
-    "attribute",
-    "visibility",
-    "instance",
-    "sensor",
-    "calibrated_sensor",
-    "ego_pose",
-    "log",
-    "scene",
-    "sample",
-    "sample_data",
-    "sample_annotation",
-    "map",
-)
 # Scenes that are also in the devkit's mini splits come first.
 PREFERRED_SCENES = {
     "train": ("scene-0061", "scene-0655", "scene-0757", "scene-1077", "scene-1094", "scene-1100"),

@@ -8,5 +8,6 @@ One module, one job:
 - `compare`: mean ± std over seeds, Δ vs the baseline, best values, warnings (all the numbers)
 - `render`: a comparison as a terminal table, markdown or CSV
 - `figures`, `report`: PNG figures and `results/<study>/report.md`
-- `files`: atomic writes
+
+Every file is written with `aqr_exp.files.write_atomic`.
 """

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from aqr_exp.errors import AqrError
-from aqr_exp.results.files import write_json_atomic
+from aqr_exp.files import write_json_atomic
 from aqr_exp.results.nuscenes import Evaluation, evaluation_from_flat
 from aqr_exp.results.record import identity, metrics_payload
 from aqr_exp.results.runs import (

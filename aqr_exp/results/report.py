@@ -17,6 +17,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from aqr_exp import paths
+from aqr_exp.files import write_atomic
 from aqr_exp.results.compare import (
     AQR,
     COST,
@@ -35,7 +36,6 @@ from aqr_exp.results.figures import (
     sweep_figure,
     sweep_params,
 )
-from aqr_exp.results.files import write_atomic
 from aqr_exp.results.render import LEGEND, Table, table_text, tables
 from aqr_exp.results.runs import CONFIG_FILE
 

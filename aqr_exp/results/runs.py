@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from aqr_exp.errors import AqrError
-from aqr_exp.results.files import write_atomic
+from aqr_exp.files import write_atomic
 
 RUN_FILE = "run.yaml"
 IMPORTED = "imported"  # launcher.type of runs made by `aqr-exp import-log`

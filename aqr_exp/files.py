@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader (or a crash) never sees a half-written result file."""
+"""Atomic file writes: a reader (or a crash) never sees a half-written file
+(run records, metrics, reports, figures, benchmark results)."""
 
 from __future__ import annotations
 
