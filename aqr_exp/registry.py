@@ -7,7 +7,9 @@ each other's change. Statuses follow a small state machine:
 
     planned → queued → running → done | failed | interrupted | cancelled
 
-and any final state goes back to planned when the run is started again.
+and any final state goes back to planned when the run is started again. A
+scheduler that requeues a job (Slurm: preemption, time limit, `scontrol
+requeue`) moves it from running or interrupted back to queued.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ import yaml
 
 from aqr_exp import configs, paths
 from aqr_exp.files import write_atomic
-from aqr_exp.launch.base import TrainJob
+from aqr_exp.launch import slurmctl
+from aqr_exp.launch.base import FINAL_STATES, TrainJob
 from aqr_exp.plan import RUNS_DIR, Plan, Run
 from aqr_exp.progress import tail_lines
 
@@ -40,10 +43,10 @@ ACTIVE = frozenset({"queued", "running"})
 TRANSITIONS = {
     "planned": {"planned", "queued", "cancelled"},
     "queued": {"running", "cancelled", "interrupted", "failed"},
-    "running": {"done", "failed", "interrupted", "cancelled"},
+    "running": {"done", "failed", "interrupted", "cancelled", "queued"},
     "done": {"planned"},
     "failed": {"planned"},
-    "interrupted": {"planned"},
+    "interrupted": {"planned", "queued"},
     "cancelled": {"planned"},
 }
 LOG_TAIL_LINES = 20
@@ -154,6 +157,23 @@ def update(run_dir: Path, **fields: Any) -> RunRecord:
         return record
 
 
+def add_launcher_info(run_dir: Path, status: str | None = None, **info: Any) -> RunRecord:
+    """Merge fields into `launcher` (and move to `status` if the run is still planned).
+
+    The submitter and the job itself both write here, in either order (a
+    Slurm job may start before sbatch has returned); merging keeps both.
+    """
+    with _locked(run_dir):
+        record = read(run_dir)
+        if record is None:
+            raise TransitionError(f"no {RUN_FILE} in {run_dir}")
+        launcher = {**(record.launcher or {}), **info}
+        new_status = status if status is not None and record.status == "planned" else record.status
+        record = dataclasses.replace(record, launcher=launcher, status=new_status)
+        _write(run_dir, record)
+        return record
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process is still there for its launcher.
 
@@ -180,8 +200,15 @@ def pid_alive(pid: int) -> bool:
 
 def observe(record: RunRecord) -> tuple[str, str | None]:
     """The status as it really is: an active run whose process on this host is
-    gone (SIGKILL, OOM killer, reboot) is interrupted, whatever run.yaml says."""
+    gone (SIGKILL, OOM killer, reboot) is interrupted, whatever run.yaml says;
+    a Slurm run is what its job in Slurm's queue says (see `slurm_view`)."""
     launcher = record.launcher or {}
+    if launcher.get("type") == "slurm":
+        jobs = slurmctl.queue()
+        job_id = launcher.get("job_id")
+        if jobs is None or job_id is None:
+            return record.status, record.reason
+        return slurm_view(record.status, record.reason, launcher, jobs.get(str(job_id)))
     pid = launcher.get("pid")
     here = launcher.get("host") == socket.gethostname()
     if record.status in ACTIVE and pid and here and not pid_alive(int(pid)):
@@ -190,6 +217,35 @@ def observe(record: RunRecord) -> tuple[str, str | None]:
             "killed (e.g. SIGKILL, out of memory) or the machine restarted"
         )
     return record.status, record.reason
+
+
+def slurm_view(
+    status: str, reason: str | None, launcher: dict[str, Any], job: slurmctl.SlurmJob | None
+) -> tuple[str, str | None]:
+    """A Slurm run's status from its record and its job in the queue (None: gone).
+
+    Requeued (preemption, time limit, scontrol requeue): the job is pending
+    again while the record says running or interrupted → queued. Gone or
+    ended in a failure state while the record says active → interrupted (the
+    job could not record its own end: node failure, SIGKILL, out of memory).
+    """
+    job_id = launcher.get("job_id")
+    if job is not None and job.state in slurmctl.PENDING and status in ("running", "interrupted"):
+        return "queued", (
+            f"requeued by Slurm (job {job_id} {job.describe()}); "
+            "it resumes from its last checkpoint when it starts"
+        )
+    if status not in ACTIVE:
+        return status, reason
+    if job is not None and job.state in slurmctl.PENDING | slurmctl.RUNNING | slurmctl.ENDING:
+        return status, reason
+    ended = "is gone" if job is None else f"ended {job.state}"
+    log = f"; Slurm's log: {launcher['slurm_log']}" if launcher.get("slurm_log") else ""
+    return "interrupted", (
+        f"Slurm job {job_id} {ended} but the run never recorded its end (node failure, "
+        f"out of memory, or the job script failed{log}); running it again resumes from its "
+        "last checkpoint"
+    )
 
 
 def reconcile(run_dir: Path) -> RunRecord | None:
@@ -204,7 +260,8 @@ def reconcile(run_dir: Path) -> RunRecord | None:
         current = read(run_dir)
         if current is None or current.status != record.status:
             return current  # someone else moved it meanwhile
-        record = dataclasses.replace(current, status=status, reason=reason, finished=now())
+        finished = now() if status in FINAL_STATES else current.finished
+        record = dataclasses.replace(current, status=status, reason=reason, finished=finished)
         _write(run_dir, record)
         return record
 
@@ -258,6 +315,11 @@ def prepare(plan: Plan, run: Run, fresh: bool) -> TrainJob:
                 )
             record.created = previous.created
         _write(run.run_dir, record)
+    return job_for(run)
+
+
+def job_for(run: Run) -> TrainJob:
+    """What a launcher needs to train a planned run."""
     return TrainJob(
         run_id=run.run_id,
         run_dir=run.run_dir,
@@ -292,8 +354,8 @@ def decide(plan: Plan, force: bool = False, retry_failed: bool = False) -> list[
         status, reason = observe(record) if record else (None, None)
         resume = "resume" if _has_checkpoint(run.work_dir) else "start"
         if status in ACTIVE:
-            pid = (record.launcher or {}).get("pid") if record else None
-            steps.append(Step(run, "skip", f"{status} (pid {pid}); `aqr-exp cancel` stops it"))
+            where = describe_launch(record.launcher if record else None)
+            steps.append(Step(run, "skip", f"{status} ({where}); `aqr-exp cancel` stops it"))
         elif force and status is not None:
             steps.append(Step(run, "rerun", f"was {status}; --force starts it from scratch"))
         elif status == "done":
@@ -304,6 +366,14 @@ def decide(plan: Plan, force: bool = False, retry_failed: bool = False) -> list[
             note = {None: "new", "planned": "planned earlier"}.get(status, f"was {status}")
             steps.append(Step(run, resume, note))
     return steps
+
+
+def describe_launch(launcher: dict[str, Any] | None) -> str:
+    """Where a run runs, in a few words: 'slurm job 12_0' or 'pid 4242'."""
+    launcher = launcher or {}
+    if launcher.get("type") == "slurm":
+        return f"slurm job {launcher.get('job_id')}"
+    return f"pid {launcher.get('pid')}"
 
 
 def job_of(run_dir: Path) -> TrainJob:

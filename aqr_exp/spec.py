@@ -8,8 +8,9 @@ second with the file and key, not after an hour of training.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +57,84 @@ class Sweep:
 
 
 @dataclass(frozen=True)
+class SlurmSettings:
+    """What a Slurm job of one run asks for (`#SBATCH` directives); None = the cluster's default."""
+
+    partition: str | None = None
+    nodes: int = 1
+    gpus_per_node: int = 0  # one task (training process) per GPU; 0 = one CPU task
+    cpus_per_task: int | None = None
+    mem: str | None = None  # per node, Slurm's syntax: 64G, 500M
+    time: str | None = None  # Slurm's syntax: 30, 4:00:00, 2-00:00:00
+    account: str | None = None
+    qos: str | None = None
+    extra_args: tuple[str, ...] = ()  # more sbatch options, e.g. --constraint=a100
+    array: bool = True  # a sweep goes in as one job array
+    max_running: int | None = None  # the array's %N throttle
+    requeue_before_s: int = 300  # with `time`: requeue this long before the limit
+
+
+# Slurm's time formats: minutes, min:sec, h:min:sec, days-h, days-h:min, days-h:min:sec.
+_SLURM_TIME = re.compile(r"^(\d+-\d{1,2}(:\d{1,2}){0,2}|\d+(:\d{1,2}){0,2}|UNLIMITED|INFINITE)$")
+_SLURM_MEM = re.compile(r"^\d+[KMGT]?$")
+
+
+def slurm_problem(settings: SlurmSettings) -> tuple[str, str] | None:
+    """The first invalid field of Slurm settings, as (field, what is allowed), or None."""
+    checks = [
+        ("nodes", settings.nodes >= 1, f"must be >= 1, got {settings.nodes}"),
+        (
+            "gpus_per_node",
+            settings.gpus_per_node >= 0,
+            f"must be >= 0, got {settings.gpus_per_node}",
+        ),
+        (
+            "cpus_per_task",
+            settings.cpus_per_task is None or settings.cpus_per_task >= 1,
+            f"must be >= 1, got {settings.cpus_per_task}",
+        ),
+        (
+            "mem",
+            settings.mem is None or bool(_SLURM_MEM.match(settings.mem)),
+            f"Slurm memory like 64G or 500M (a number with K, M, G or T), got {settings.mem!r}",
+        ),
+        (
+            "time",
+            settings.time is None or bool(_SLURM_TIME.match(settings.time)),
+            "Slurm time like 30 (minutes), 4:00:00 or 2-00:00:00, got " + repr(settings.time),
+        ),
+        (
+            "nodes",
+            settings.nodes == 1 or settings.gpus_per_node >= 1,
+            f"{settings.nodes} nodes need gpus_per_node >= 1 (multi-node runs are data-parallel "
+            "over GPUs)",
+        ),
+        (
+            "extra_args",
+            all(arg.startswith("-") for arg in settings.extra_args),
+            "sbatch options start with '-', like --constraint=a100; "
+            f"got {list(settings.extra_args)}",
+        ),
+        (
+            "max_running",
+            settings.max_running is None or settings.max_running >= 1,
+            f"must be >= 1, got {settings.max_running}",
+        ),
+        (
+            "requeue_before_s",
+            settings.requeue_before_s >= 0,
+            f"must be >= 0 seconds, got {settings.requeue_before_s}",
+        ),
+    ]
+    return next(((name, message) for name, ok, message in checks if not ok), None)
+
+
+@dataclass(frozen=True)
 class LauncherSettings:
     type: str = "local"
     max_concurrent: int = 1
     gpus_per_run: int | None = None  # None: 1 when GPUs are visible, else CPU
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)
 
 
 @dataclass(frozen=True)
@@ -277,7 +352,7 @@ def load_spec(path: Path = DEFAULT_SPEC) -> Spec:
     if baseline not in variants:
         raise reader.error("baseline", f"{baseline!r} is not one of the variants {list(variants)}")
     train = reader.sub("train").only("checkpoint_interval")
-    launcher = reader.sub("launcher").only("type", "max_concurrent", "gpus_per_run")
+    launcher = reader.sub("launcher").only("type", "max_concurrent", "gpus_per_run", "slurm")
     study = reader.get("study", str)
     if not study.replace("-", "").replace("_", "").isalnum():
         raise reader.error(
@@ -298,5 +373,29 @@ def load_spec(path: Path = DEFAULT_SPEC) -> Spec:
             type=launcher.get("type", str, "local"),
             max_concurrent=launcher.positive("max_concurrent", 1),
             gpus_per_run=launcher.positive("gpus_per_run", None, nullable=True),
+            slurm=_slurm(launcher.sub("slurm")),
         ),
     )
+
+
+def _slurm(reader: _Reader) -> SlurmSettings:
+    reader.only(*(item.name for item in fields(SlurmSettings)))
+    optional_text = {name: reader.get(name, str, None, nullable=True)
+                     for name in ("partition", "mem", "time", "account", "qos")}  # fmt: skip
+    extra = reader.get("extra_args", list, [])
+    if not all(isinstance(arg, str) for arg in extra):
+        raise reader.error("extra_args", f"expected a list of strings, got {extra!r}")
+    settings = SlurmSettings(
+        **optional_text,
+        nodes=reader.get("nodes", int, 1),
+        gpus_per_node=reader.get("gpus_per_node", int, 0),
+        cpus_per_task=reader.get("cpus_per_task", int, None, nullable=True),
+        extra_args=tuple(extra),
+        array=reader.get("array", bool, True),
+        max_running=reader.get("max_running", int, None, nullable=True),
+        requeue_before_s=reader.get("requeue_before_s", int, 300),
+    )
+    problem = slurm_problem(settings)
+    if problem is not None:
+        raise reader.error(*problem)
+    return settings

@@ -14,7 +14,8 @@ from fixtures.toy.helpers import cli, make_toy_data, toy_args, toy_importable, w
 
 from aqr_exp import registry
 from aqr_exp.launch.base import TrainJob
-from aqr_exp.launch.local import LocalHandle, LocalLauncher, failure_reason, free_port
+from aqr_exp.launch.local import LocalHandle, LocalLauncher, free_port
+from aqr_exp.launch.outcome import failure_reason
 
 
 @pytest.fixture(autouse=True)

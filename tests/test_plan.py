@@ -192,11 +192,6 @@ def test_unknown_launcher(tmp_path: Path) -> None:
     assert "unknown launcher 'lokal': did you mean 'local'?" in message
 
 
-def test_slurm_launcher_is_not_built_yet(tmp_path: Path) -> None:
-    message = _bad(tmp_path, "sweep", "window_size", "--launcher", "slurm", *_roots(tmp_path))
-    assert "not built yet" in message
-
-
 def test_unknown_variant(tmp_path: Path) -> None:
     message = _bad(tmp_path, "run", "new_aq", *_roots(tmp_path))
     assert "unknown variant 'new_aq'" in message and "did you mean 'new_aqr'?" in message

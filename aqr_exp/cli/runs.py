@@ -18,9 +18,10 @@ from tabulate import tabulate
 
 from aqr_exp import configs, paths, registry
 from aqr_exp.errors import AqrError
+from aqr_exp.launch import slurmctl
 from aqr_exp.launch.backends import cancel_run, check_backend, make_launcher
 from aqr_exp.launch.base import FINAL_STATES, LOG_NAME, RunHandle, run_all
-from aqr_exp.launch.local import spawn_detached
+from aqr_exp.launch.local import LocalLauncher, spawn_detached
 from aqr_exp.plan import (
     Plan,
     Target,
@@ -34,7 +35,14 @@ from aqr_exp.results.collect import collect
 from aqr_exp.results.compare import compare, select_runs
 from aqr_exp.results.render import render
 from aqr_exp.results.report import write_report
-from aqr_exp.spec import DEFAULT_SPEC, LauncherSettings, Spec, load_spec
+from aqr_exp.spec import (
+    DEFAULT_SPEC,
+    LauncherSettings,
+    SlurmSettings,
+    Spec,
+    load_spec,
+    slurm_problem,
+)
 
 SPEC = typer.Option(
     DEFAULT_SPEC, "--spec", help="The experiment spec (YAML) with variants, sweeps, seeds."
@@ -61,13 +69,46 @@ WORK = typer.Option(
     paths.WORK_ROOT, "--work-root", help="Where the mmengine work dirs (checkpoints, logs) go."
 )
 LAUNCHER = typer.Option(
-    None, "--launcher", help="local or torchrun (default: the spec's launcher.type)."
+    None, "--launcher", help="local, torchrun or slurm (default: the spec's launcher.type)."
 )
 JOBS = typer.Option(
-    None, "--jobs", "-j", help="Runs at a time (default: the spec's launcher.max_concurrent)."
+    None,
+    "--jobs",
+    "-j",
+    help="Runs at a time (default: the spec's launcher.max_concurrent; "
+    "with slurm: the job array's limit, none by default).",
 )
 GPUS = typer.Option(
-    None, "--gpus-per-run", help="GPUs per run; 0 = CPU (default: 1 if a GPU is visible)."
+    None,
+    "--gpus-per-run",
+    help="GPUs per run; 0 = CPU (default: 1 if a GPU is visible). Local launchers only.",
+)
+_SLURM = "Slurm (--launcher slurm; defaults from the spec's launcher.slurm)"
+PARTITION = typer.Option(None, "--partition", help="Slurm partition.", rich_help_panel=_SLURM)
+NODES = typer.Option(None, "--nodes", help="Nodes per run.", rich_help_panel=_SLURM)
+GPUS_PER_NODE = typer.Option(
+    None,
+    "--gpus-per-node",
+    help="GPUs per node (one training process each); 0 = one CPU process.",
+    rich_help_panel=_SLURM,
+)
+CPUS_PER_TASK = typer.Option(
+    None, "--cpus-per-task", help="CPU cores per training process.", rich_help_panel=_SLURM
+)
+MEM = typer.Option(None, "--mem", help="Memory per node, e.g. 64G.", rich_help_panel=_SLURM)
+TIME = typer.Option(
+    None,
+    "--time",
+    help="Time limit, e.g. 4:00:00; the job requeues itself before it and resumes.",
+    rich_help_panel=_SLURM,
+)
+ACCOUNT = typer.Option(None, "--account", help="Slurm account.", rich_help_panel=_SLURM)
+QOS = typer.Option(None, "--qos", help="Slurm QOS.", rich_help_panel=_SLURM)
+SBATCH_ARG = typer.Option(
+    [],
+    "--sbatch-arg",
+    help="Another sbatch option, e.g. --sbatch-arg=--constraint=a100 (repeatable).",
+    rich_help_panel=_SLURM,
 )
 DRY_RUN = typer.Option(
     False, "--dry-run", help="Print the plan and config diffs; start and write nothing."
@@ -123,25 +164,77 @@ def _target(
     )
 
 
+def _slurm_options(
+    partition: str | None,
+    nodes: int | None,
+    gpus_per_node: int | None,
+    cpus_per_task: int | None,
+    mem: str | None,
+    time: str | None,
+    account: str | None,
+    qos: str | None,
+    sbatch_arg: Sequence[str],
+) -> dict[str, Any]:
+    """The Slurm flags of `run`/`sweep` by SlurmSettings field (None: not given)."""
+    return dict(
+        partition=partition, nodes=nodes, gpus_per_node=gpus_per_node,
+        cpus_per_task=cpus_per_task, mem=mem, time=time, account=account, qos=qos,
+        extra_args=tuple(sbatch_arg),
+    )  # fmt: skip
+
+
+def _slurm_flag(field: str) -> str:
+    return "--sbatch-arg" if field == "extra_args" else f"--{field.replace('_', '-')}"
+
+
+def _slurm_settings(
+    base: SlurmSettings, options: dict[str, Any], jobs: int | None, spec_path: Path
+) -> SlurmSettings:
+    """The spec's Slurm settings with the command line's on top, checked."""
+    given = {key: value for key, value in options.items() if value not in (None, [], ())}
+    if "extra_args" in given:
+        given["extra_args"] = (*base.extra_args, *given["extra_args"])
+    settings = dataclasses.replace(base, **given, max_running=jobs or base.max_running)
+    problem = slurm_problem(settings)
+    if problem is not None:
+        field, message = problem
+        origin = "" if field in given else f" (launcher.slurm.{field} of {spec_path.name})"
+        raise AqrError(f"{_slurm_flag(field)}{origin}: {message}")
+    return settings
+
+
 def _launch(
     spec: Spec,
     launcher: str | None,
     jobs: int | None,
     gpus: int | None,
+    slurm_options: dict[str, Any],
     dry_run: bool,
     detach: bool,
     force: bool,
     retry: bool,
 ) -> _Launch:
     base = spec.launcher
+    kind = check_backend(launcher or base.type)
     if jobs is not None and jobs < 1:
         raise AqrError(f"--jobs must be at least 1, got {jobs}")
     if gpus is not None and gpus < 0:
         raise AqrError(f"--gpus-per-run must be 0 or more, got {gpus}")
+    if kind == "slurm" and gpus is not None:
+        raise AqrError("--gpus-per-run is for the local launchers; with slurm use --gpus-per-node")
+    given = [name for name, value in slurm_options.items() if value not in (None, [], ())]
+    if kind != "slurm" and given:
+        raise AqrError(
+            f"{_slurm_flag(given[0])} is a Slurm option: add --launcher slurm "
+            f"(the launcher is {kind})"
+        )
     settings = LauncherSettings(
-        type=check_backend(launcher or base.type),
+        type=kind,
         max_concurrent=jobs or base.max_concurrent,
         gpus_per_run=base.gpus_per_run if gpus is None else gpus,
+        slurm=_slurm_settings(base.slurm, slurm_options, jobs, spec.path)
+        if kind == "slurm"
+        else base.slurm,
     )
     return _Launch(settings, dry_run, detach, force, retry)
 
@@ -305,18 +398,45 @@ def _report(plan: Plan, by: str | None) -> None:
     typer.echo(f"\nReport: {write_report(results_root, plan.study, by)}")
 
 
+def _print_scripts(scripts: dict[Path, str]) -> None:
+    for path, text in scripts.items():
+        typer.echo(f"\n--- {path}")
+        typer.echo(text, nl=False)
+
+
+def _submitted(plan: Plan, handles: Sequence[RunHandle]) -> None:
+    """What went to the scheduler, and how to follow it."""
+    rows = []
+    for handle in handles:
+        record = registry.read(handle.job.run_dir)
+        launcher = (record.launcher if record else None) or {}
+        rows.append([handle.job.run_id, launcher.get("job_id"), launcher.get("script")])
+    typer.echo(f"\nSubmitted {len(handles)} run(s) to Slurm:\n")
+    typer.echo(tabulate(rows, headers=["run id", "slurm job", "script"]))
+    root = plan.study_dir.parent
+    typer.echo(
+        f"\nFollow with: aqr-exp status --study {plan.study} --results-root {root}\n"
+        f"When they are done: aqr-exp report --study {plan.study} --results-root {root}"
+    )
+
+
 def _execute(plan: Plan, how: _Launch, by: str | None = None) -> None:
     steps = registry.decide(plan, force=how.force, retry_failed=how.retry_failed)
-    launcher = make_launcher(how.settings)
+    launcher = make_launcher(how.settings, plan.study)
     _print_plan(plan, steps, launcher.describe())
+    todo = [step for step in steps if step.action != "skip"]
     if how.dry_run:
+        _print_scripts(launcher.scripts([registry.job_for(step.run) for step in todo]))
         typer.echo("\nDry run: nothing was started or written.")
         return
-    todo = [step for step in steps if step.action != "skip"]
     if todo and plan.generate_data:
         _generate_data(plan)
     jobs = [registry.prepare(plan, step.run, fresh=step.action == "rerun") for step in todo]
+    if jobs and not launcher.runs_here:
+        _submitted(plan, launcher.submit_all(jobs))
+        return
     if jobs and how.detach:
+        assert isinstance(launcher, LocalLauncher)
         pool_log = plan.runs[0].work_dir.parent / f"pool-{datetime.now():%Y%m%d_%H%M%S}.log"
         pid = spawn_detached(jobs, launcher, pool_log)
         typer.echo(
@@ -412,6 +532,15 @@ def run(
     launcher: str | None = LAUNCHER,
     jobs: int | None = JOBS,
     gpus_per_run: int | None = GPUS,
+    partition: str | None = PARTITION,
+    nodes: int | None = NODES,
+    gpus_per_node: int | None = GPUS_PER_NODE,
+    cpus_per_task: int | None = CPUS_PER_TASK,
+    mem: str | None = MEM,
+    time: str | None = TIME,
+    account: str | None = ACCOUNT,
+    qos: str | None = QOS,
+    sbatch_arg: list[str] = SBATCH_ARG,
     dry_run: bool = DRY_RUN,
     detach: bool = DETACH,
     force: bool = FORCE,
@@ -424,7 +553,10 @@ def run(
     Finished runs are skipped, interrupted ones resumed from their last
     checkpoint, failed ones retried with --retry-failed."""
     loaded = load_spec(spec)
-    how = _launch(loaded, launcher, jobs, gpus_per_run, dry_run, detach, force, retry_failed)
+    slurm = _slurm_options(
+        partition, nodes, gpus_per_node, cpus_per_task, mem, time, account, qos, sbatch_arg
+    )
+    how = _launch(loaded, launcher, jobs, gpus_per_run, slurm, dry_run, detach, force, retry_failed)
     built = plan_variants(
         loaded, variant, _target(results_root, work_root, profile, data_root, seeds)
     )
@@ -452,6 +584,15 @@ def sweep(
     launcher: str | None = LAUNCHER,
     jobs: int | None = JOBS,
     gpus_per_run: int | None = GPUS,
+    partition: str | None = PARTITION,
+    nodes: int | None = NODES,
+    gpus_per_node: int | None = GPUS_PER_NODE,
+    cpus_per_task: int | None = CPUS_PER_TASK,
+    mem: str | None = MEM,
+    time: str | None = TIME,
+    account: str | None = ACCOUNT,
+    qos: str | None = QOS,
+    sbatch_arg: list[str] = SBATCH_ARG,
     dry_run: bool = DRY_RUN,
     detach: bool = DETACH,
     force: bool = FORCE,
@@ -465,7 +606,10 @@ def sweep(
     the synthetic data, trains the CPU demo for window_size 5, 8, 10, 15 and the
     baseline, prints the comparison and writes results/<study>/report.md."""
     loaded = load_spec(spec)
-    how = _launch(loaded, launcher, jobs, gpus_per_run, dry_run, detach, force, retry_failed)
+    slurm = _slurm_options(
+        partition, nodes, gpus_per_node, cpus_per_task, mem, time, account, qos, sbatch_arg
+    )
+    how = _launch(loaded, launcher, jobs, gpus_per_run, slurm, dry_run, detach, force, retry_failed)
     chosen = resolve_sweep(loaded, name, _values(values), variant)
     built = plan_sweep(loaded, chosen, _target(results_root, work_root, profile, data_root, seeds))
     _execute(built, how, by=chosen.name)
@@ -487,15 +631,18 @@ def status(
         assert record is not None
         typer.echo(record.to_yaml(), nl=False)
         typer.echo(f"# log: {Path(record.work_dir) / LOG_NAME}")
+        if _slurm_state(record):
+            typer.echo(f"# slurm: job {_slurm_state(record)}")
         return
     run_dirs = registry.runs_of(results_root, study)
     if not run_dirs:
         typer.echo(f"No runs under {results_root}" + (f" for study {study}" if study else ""))
         return
-    rows = []
+    rows, slurm_states = [], []
     for run_dir in run_dirs:
         record = registry.reconcile(run_dir)
         assert record is not None
+        slurm_states.append(_slurm_state(record))
         detail = record.reason or ""
         if record.status == "running":
             train_len = configs.train_length(configs.load_config(run_dir / registry.CONFIG_FILE))
@@ -515,9 +662,26 @@ def status(
                 _cut(detail),
             ]
         )
-    typer.echo(
-        tabulate(rows, headers=["study", "run id", "variant", "sweep", "seed", "status", "detail"])
-    )
+    headers = ["study", "run id", "variant", "sweep", "seed", "status", "detail"]
+    if any(slurm_states):
+        headers.insert(6, "slurm")
+        rows = [
+            [*row[:6], state or "-", *row[6:]]
+            for row, state in zip(rows, slurm_states, strict=True)
+        ]
+    typer.echo(tabulate(rows, headers=headers))
+
+
+def _slurm_state(record: registry.RunRecord) -> str:
+    """'12_0 RUNNING' for a run with a Slurm job ('gone' once Slurm forgot it); '' otherwise."""
+    launcher = record.launcher or {}
+    if launcher.get("type") != "slurm" or not launcher.get("job_id"):
+        return ""
+    jobs = slurmctl.queue()
+    if jobs is None:
+        return f"{launcher['job_id']} (squeue unavailable)"
+    job = jobs.get(str(launcher["job_id"]))
+    return f"{launcher['job_id']} {job.describe() if job else 'gone'}"
 
 
 def _cut(text: str, width: int = 90) -> str:

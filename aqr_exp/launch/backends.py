@@ -6,29 +6,34 @@ from pathlib import Path
 
 from aqr_exp.configs import closest
 from aqr_exp.errors import AqrError
-from aqr_exp.launch.local import LocalLauncher, cancel_recorded
+from aqr_exp.launch import local, slurm, slurmctl
+from aqr_exp.launch.base import Launcher
 from aqr_exp.registry import RunRecord, read
 from aqr_exp.spec import LauncherSettings
 
-BACKENDS = ("local", "torchrun")
-NOT_BUILT = {"slurm": "the Slurm backend is a separate issue and not built yet"}
+BACKENDS = ("local", "torchrun", "slurm")
 
 
 def check_backend(name: str) -> str:
     """The backend's name, or one clear error (with the closest known name)."""
     if name in BACKENDS:
         return name
-    if name in NOT_BUILT:
-        raise AqrError(f"launcher {name!r}: {NOT_BUILT[name]}; use one of {', '.join(BACKENDS)}")
-    suggestion = closest(name, [*BACKENDS, *NOT_BUILT])
+    suggestion = closest(name, list(BACKENDS))
     hint = f"did you mean {suggestion!r}? " if suggestion else ""
     raise AqrError(f"unknown launcher {name!r}: {hint}known: {', '.join(BACKENDS)}")
 
 
-def make_launcher(settings: LauncherSettings) -> LocalLauncher:
+def make_launcher(settings: LauncherSettings, study: str) -> Launcher:
     """A backend from the spec's launcher settings (after CLI overrides)."""
     check_backend(settings.type)
-    return LocalLauncher(
+    if settings.type == "slurm":
+        if not slurmctl.available():
+            raise AqrError(
+                "launcher 'slurm': sbatch/squeue not found; run on a machine with Slurm's "
+                "client tools (a login node), or use --launcher local"
+            )
+        return slurm.SlurmLauncher(settings.slurm, study)
+    return local.LocalLauncher(
         max_concurrent=settings.max_concurrent,
         gpus_per_run=settings.gpus_per_run,
         torchrun=settings.type == "torchrun",
@@ -39,8 +44,6 @@ def cancel_run(run_dir: Path, reason: str = "cancelled by the user") -> RunRecor
     """Cancel a run with the backend that started it (from any process)."""
     record = read(run_dir)
     kind = ((record.launcher if record else None) or {}).get("type") or "local"
-    if kind not in BACKENDS:
-        raise AqrError(
-            f"{run_dir.name} was started by the {kind!r} launcher, which this version cannot cancel"
-        )
-    return cancel_recorded(run_dir, reason)
+    if kind == "slurm":
+        return slurm.cancel_recorded(run_dir, reason)
+    return local.cancel_recorded(run_dir, reason)

@@ -77,10 +77,25 @@ class Launcher(ABC):
     """A backend: takes jobs, runs them, records their states in the registry."""
 
     name: ClassVar[str]
+    # False for a scheduler (Slurm) that owns the jobs once submitted: the
+    # submitting command returns at once and `aqr-exp status` follows them.
+    runs_here: ClassVar[bool] = True
+
+    @abstractmethod
+    def describe(self) -> str:
+        """One line for the plan: where and how the runs will train."""
 
     @abstractmethod
     def submit(self, job: TrainJob) -> RunHandle:
         """Queue a job (recorded as queued); it starts when the backend has room."""
+
+    def submit_all(self, jobs: Sequence[TrainJob]) -> list[RunHandle]:
+        """Queue several jobs (a backend may submit them together, e.g. a job array)."""
+        return [self.submit(job) for job in jobs]
+
+    def scripts(self, jobs: Sequence[TrainJob]) -> dict[Path, str]:
+        """Files a submission of these jobs would write (shown by --dry-run)."""
+        return {}
 
     @abstractmethod
     def update(self) -> None:
@@ -102,7 +117,7 @@ def run_all(
     Ctrl-C (or SIGTERM, see `stop_on_sigterm`) stops the runs and records them
     as cancelled; a later sweep resumes them from their checkpoints.
     """
-    handles = [launcher.submit(job) for job in jobs]
+    handles = launcher.submit_all(jobs)
     try:
         while True:
             launcher.update()

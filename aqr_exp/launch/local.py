@@ -30,14 +30,13 @@ from typing import IO, Any
 from aqr_exp import registry
 from aqr_exp.errors import AqrError
 from aqr_exp.launch.base import (
-    EXIT_NONFINITE,
-    NONFINITE_MARK,
     Launcher,
     RunHandle,
     TrainJob,
     run_all,
     stop_on_sigterm,
 )
+from aqr_exp.launch.outcome import record_exit
 from aqr_exp.launch.torchrun import torchrun_command
 
 STOP_GRACE_S = 10.0
@@ -84,22 +83,6 @@ def stop_process_group(pid: int, grace_s: float = STOP_GRACE_S) -> None:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         return
-
-
-def failure_reason(code: int, tail: list[str]) -> str:
-    """A one-line reason from the exit code and the log's last lines."""
-    if code == EXIT_NONFINITE:
-        marked = [line for line in tail if NONFINITE_MARK in line]
-        return (
-            marked[-1][marked[-1].index(NONFINITE_MARK) :]
-            if marked
-            else "non-finite (NaN/inf) loss"
-        )
-    errors = [
-        line.strip() for line in tail if line.strip() and ("Error" in line or "Exception" in line)
-    ]
-    detail = f": {errors[-1]}" if errors else ""
-    return f"training exited with code {code}{detail}"
 
 
 class LocalHandle(RunHandle):
@@ -229,25 +212,12 @@ class LocalLauncher(Launcher):
 
     def _finish(self, handle: LocalHandle, code: int) -> None:
         self._release(handle)
-        tail = registry.log_tail(handle.job.log_path)
-        ended = {"exit_code": code, "finished": registry.now(), "log_tail": tail}
-        run_dir = handle.job.run_dir
-        record = registry.read(run_dir)
-        if record is not None and record.status == "cancelled":
-            signame = signal.Signals(-code).name if code < 0 else None
-            registry.update(run_dir, signal=signame, **ended)
-            handle.status = "cancelled"
-        elif code == 0:
-            registry.transition(run_dir, "done", reason=None, **ended)
-            handle.status = "done"
-        elif code < 0:
-            signame = signal.Signals(-code).name
-            reason = f"killed by {signame}; running it again resumes from its last checkpoint"
-            registry.transition(run_dir, "interrupted", reason=reason, signal=signame, **ended)
-            handle.status = "interrupted"
-        else:
-            registry.transition(run_dir, "failed", reason=failure_reason(code, tail), **ended)
-            handle.status = "failed"
+        handle.status = record_exit(
+            handle.job.run_dir,
+            code,
+            handle.job.log_path,
+            "killed by {signal}; running it again resumes from its last checkpoint",
+        )
 
     def update(self) -> None:
         for handle in list(self.running):

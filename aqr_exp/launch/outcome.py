@@ -1,0 +1,61 @@
+"""How a training process ended, recorded in the registry (shared by every backend).
+
+A run recorded as cancelled stays cancelled whatever its process did; exit 0
+is done; a signal is an interruption (the next start resumes from the last
+checkpoint); any other code is a failure with a reason from the log's tail.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+from aqr_exp import registry
+from aqr_exp.launch.base import EXIT_NONFINITE, NONFINITE_MARK
+
+
+def failure_reason(code: int, tail: list[str]) -> str:
+    """A one-line reason from the exit code and the log's last lines."""
+    if code == EXIT_NONFINITE:
+        marked = [line for line in tail if NONFINITE_MARK in line]
+        return (
+            marked[-1][marked[-1].index(NONFINITE_MARK) :]
+            if marked
+            else "non-finite (NaN/inf) loss"
+        )
+    errors = [
+        line.strip() for line in tail if line.strip() and ("Error" in line or "Exception" in line)
+    ]
+    detail = f": {errors[-1]}" if errors else ""
+    return f"training exited with code {code}{detail}"
+
+
+def record_exit(
+    run_dir: Path,
+    code: int,
+    log_path: Path,
+    interrupted_reason: str,
+    stop_signal: str | None = None,
+) -> str:
+    """Record the end of a run's training process; returns the run's new status.
+
+    `interrupted_reason` may name the signal as {signal}; `stop_signal` is a
+    signal the backend knows stopped the run even when the exit code does not
+    show it (e.g. srun's own exit code).
+    """
+    signame = stop_signal or (signal.Signals(-code).name if code < 0 else None)
+    tail = registry.log_tail(log_path)
+    ended = {"exit_code": code, "finished": registry.now(), "log_tail": tail}
+    record = registry.read(run_dir)
+    if record is not None and record.status == "cancelled":
+        registry.update(run_dir, signal=signame, **ended)
+        return "cancelled"
+    if code == 0:
+        registry.transition(run_dir, "done", reason=None, **ended)
+        return "done"
+    if signame is not None:
+        reason = interrupted_reason.format(signal=signame)
+        registry.transition(run_dir, "interrupted", reason=reason, signal=signame, **ended)
+        return "interrupted"
+    registry.transition(run_dir, "failed", reason=failure_reason(code, tail), **ended)
+    return "failed"

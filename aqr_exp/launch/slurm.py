@@ -1,0 +1,215 @@
+"""The Slurm backend: one sbatch script per run, a job array per sweep; non-blocking.
+
+Submitting writes each run's script beside its run.yaml (`slurm.sbatch`, a
+plain script a human can read and submit again by hand) and, for several runs,
+one array script whose task i trains run i. Slurm then owns the jobs: inside
+each job `python -m aqr_exp.launch.slurm_job RUN_DIR` records the run's
+status, so `aqr-exp status` works after the submitting command is gone, and
+a requeued job (preemption, time limit, `scontrol requeue`) resumes from the
+run's last checkpoint.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from aqr_exp import paths, registry
+from aqr_exp.errors import AqrError
+from aqr_exp.launch import slurmctl
+from aqr_exp.launch.base import Launcher, RunHandle, TrainJob
+from aqr_exp.spec import SlurmSettings
+
+SCRIPT_NAME = "slurm.sbatch"
+JOB_ENTRY = "aqr_exp.launch.slurm_job"
+
+
+def directives(
+    settings: SlurmSettings, job_name: str, output: str, array: str | None = None
+) -> list[str]:
+    """The #SBATCH lines of one run's job: one task per GPU on each node (mmengine's
+    slurm launcher), or one CPU task; requeue-able, with the time-limit warning
+    signal the job entry turns into a requeue."""
+    options = [
+        f"--job-name={job_name}",
+        f"--output={output}",
+        "--open-mode=append",  # a requeued job adds to its log
+        f"--chdir={paths.REPO_ROOT}",
+        "--requeue",
+        f"--nodes={settings.nodes}",
+        f"--ntasks-per-node={max(1, settings.gpus_per_node)}",
+    ]
+    if settings.gpus_per_node:
+        options.append(f"--gres=gpu:{settings.gpus_per_node}")
+    named = {
+        "cpus-per-task": settings.cpus_per_task,
+        "mem": settings.mem,
+        "time": settings.time,
+        "partition": settings.partition,
+        "account": settings.account,
+        "qos": settings.qos,
+    }
+    options += [f"--{name}={value}" for name, value in named.items() if value is not None]
+    if settings.time is not None and settings.requeue_before_s:
+        options.append(f"--signal=B:USR1@{settings.requeue_before_s}")
+    if array is not None:
+        options.append(f"--array={array}")
+    options += settings.extra_args
+    return [f"#SBATCH {option}" for option in options]
+
+
+def _entry(run_dir: str) -> str:
+    return f"exec {shlex.quote(sys.executable)} -m {JOB_ENTRY} {run_dir}"
+
+
+def run_script(job: TrainJob, study: str, settings: SlurmSettings) -> str:
+    """The sbatch script of one run (also what `sbatch` of it by hand would train)."""
+    lines = [
+        "#!/usr/bin/env bash",
+        f"# aqr-exp run {job.run_id} of study {study}. `sbatch` this file to start or continue",
+        "# it (from its last checkpoint); `aqr-exp status` shows how it goes.",
+        *directives(settings, f"aqr-{study}-{job.run_id}", str(job.work_dir / "slurm-%j.out")),
+        "",
+        _entry(shlex.quote(str(job.run_dir))),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def array_script(
+    jobs: Sequence[TrainJob], study: str, settings: SlurmSettings, log_dir: Path
+) -> str:
+    """One job array for several runs: task i trains RUN_DIRS[i]."""
+    indices = f"0-{len(jobs) - 1}" + (f"%{settings.max_running}" if settings.max_running else "")
+    lines = [
+        "#!/usr/bin/env bash",
+        f"# aqr-exp: {len(jobs)} runs of study {study} as one job array; task i trains",
+        "# RUN_DIRS[i]. Each run also has its own script, slurm.sbatch, beside its run.yaml.",
+        *directives(settings, f"aqr-{study}", str(log_dir / "%A_%a.out"), array=indices),
+        "",
+        "RUN_DIRS=(",
+        *(f"  {shlex.quote(str(job.run_dir))}  # {job.run_id}" for job in jobs),
+        ")",
+        _entry('"${RUN_DIRS[$SLURM_ARRAY_TASK_ID]}"'),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+class SlurmHandle(RunHandle):
+    """A submitted run; its state is the registry's, checked against Slurm's queue."""
+
+    def state(self) -> str:
+        record = registry.read(self.job.run_dir)
+        return registry.observe(record)[0] if record else "queued"
+
+    def cancel(self, reason: str = "cancelled by the user") -> None:
+        cancel_recorded(self.job.run_dir, reason)
+
+
+class SlurmLauncher(Launcher):
+    """Submits runs with sbatch and returns; Slurm runs them."""
+
+    name = "slurm"
+    runs_here = False
+
+    def __init__(self, settings: SlurmSettings, study: str) -> None:
+        self.settings = settings
+        self.study = study
+        self.handles: list[RunHandle] = []
+
+    def describe(self) -> str:
+        where = (
+            f"partition {self.settings.partition}"
+            if self.settings.partition
+            else "default partition"
+        )
+        gpus = (
+            f"{self.settings.gpus_per_node} GPU(s) per node"
+            if self.settings.gpus_per_node
+            else "CPU"
+        )
+        shape = "a job array" if self.settings.array else "one job per run"
+        return f"slurm: {shape}, {where}, {self.settings.nodes} node(s), {gpus}"
+
+    def array_path(self, jobs: Sequence[TrainJob]) -> Path | None:
+        """Where the array script of these jobs goes (None: one job per run)."""
+        if len(jobs) < 2 or not self.settings.array:
+            return None
+        folder = jobs[0].work_dir.parent / "slurm"
+        return folder / f"array-{datetime.now():%Y%m%d_%H%M%S_%f}.sbatch"
+
+    def scripts(self, jobs: Sequence[TrainJob]) -> dict[Path, str]:
+        """Every script a submission of these jobs writes (pure: for --dry-run too)."""
+        return self._scripts(jobs, self.array_path(jobs))
+
+    def _scripts(self, jobs: Sequence[TrainJob], array: Path | None) -> dict[Path, str]:
+        written = {
+            job.run_dir / SCRIPT_NAME: run_script(job, self.study, self.settings) for job in jobs
+        }
+        if array is not None:
+            written[array] = array_script(jobs, self.study, self.settings, array.parent)
+        return written
+
+    def submit_all(self, jobs: Sequence[TrainJob]) -> list[RunHandle]:
+        """Write the scripts and sbatch them (one array, or one job per run)."""
+        array = self.array_path(jobs)
+        for path, text in self._scripts(jobs, array).items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        for job in jobs:
+            job.work_dir.mkdir(parents=True, exist_ok=True)
+        if array is not None:
+            array_id = slurmctl.sbatch(array)
+            ids = [f"{array_id}_{index}" for index in range(len(jobs))]
+            logs = [str(array.parent / f"{array_id}_{index}.out") for index in range(len(jobs))]
+            submitted = [array] * len(jobs)
+        else:
+            submitted = [job.run_dir / SCRIPT_NAME for job in jobs]
+            ids = [slurmctl.sbatch(script) for script in submitted]
+            logs = [
+                str(job.work_dir / f"slurm-{job_id}.out")
+                for job, job_id in zip(jobs, ids, strict=True)
+            ]
+        handles: list[RunHandle] = []
+        for job, job_id, log, script in zip(jobs, ids, logs, submitted, strict=True):
+            registry.add_launcher_info(
+                job.run_dir,
+                status="queued",
+                type="slurm",
+                job_id=job_id,
+                script=str(script),
+                slurm_log=log,
+            )
+            handles.append(SlurmHandle(job))
+        self.handles += handles
+        return handles
+
+    def submit(self, job: TrainJob) -> RunHandle:
+        return self.submit_all([job])[0]
+
+    def update(self) -> None:
+        """Nothing to advance: Slurm schedules the jobs, the jobs record their states."""
+
+    def shutdown(self, reason: str) -> None:
+        for handle in self.handles:
+            if not handle.finished:
+                handle.cancel(reason)
+
+
+def cancel_recorded(run_dir: Path, reason: str = "cancelled by the user") -> registry.RunRecord:
+    """Record the run as cancelled, then scancel its job (pending or running).
+
+    The job entry sees the record when Slurm stops it and keeps it cancelled.
+    """
+    record = registry.reconcile(run_dir)
+    if record is None or record.status not in ("planned", *registry.ACTIVE):
+        raise AqrError(
+            f"{run_dir.name} is {record.status if record else 'unknown'}: nothing to cancel"
+        )
+    record = registry.transition(run_dir, "cancelled", reason=reason, finished=registry.now())
+    job_id = (record.launcher or {}).get("job_id")
+    if job_id:
+        slurmctl.scancel(str(job_id))
+    return record
