@@ -77,12 +77,24 @@ class SlurmCluster:
             parts.append(f"--- {name}\n" + "\n".join(tail))
         return "\n".join(parts)
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Cancel what still runs (a failed test may leave jobs), then stop the daemons."""
+        if (self.root / "slurmctld.pid").is_file():
+            subprocess.run(["scancel", "--user=root"], env=self.env(), check=False)
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline and self._jobs_active():
+                time.sleep(0.5)
         for name in reversed(DAEMONS):
             pid_file = self.root / f"{name}.pid"
             if pid_file.is_file():
                 with contextlib.suppress(ProcessLookupError):  # already stopped
                     os.kill(int(pid_file.read_text().split()[0]), signal.SIGTERM)
+
+    def _jobs_active(self) -> bool:
+        states = subprocess.run(
+            ["squeue", "-h", "-o", "%T"], capture_output=True, text=True, env=self.env()
+        ).stdout.split()
+        return any(state in ("RUNNING", "COMPLETING", "CONFIGURING") for state in states)
 
 
 def _slurm_conf(root: Path, node: str, ctld_port: int, slurmd_port: int) -> str:

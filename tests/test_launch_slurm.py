@@ -309,10 +309,16 @@ def test_cancel_a_running_and_a_pending_job(
     assert registry.read(slow_dir).status == "cancelled"
     assert registry.read(slow_dir).signal == "SIGTERM"
     wait_for(lambda: _by_label(results)["baseline"].status == "done", 120, "the baseline")
-    status = cli("status", "--results-root", results).stdout
-    lines = {_line_label(line): line for line in status.splitlines()}
-    assert "cancelled" in lines[slow.run_id] and "CANCELLED" in lines[slow.run_id]
-    assert "cancelled" in lines[pending.run_id] and "CANCELLED" in lines[pending.run_id]
+
+    def both_cancelled() -> bool:  # Slurm shows COMPLETING until the job's processes are gone
+        status = cli("status", "--results-root", results).stdout
+        lines = {_line_label(line): line for line in status.splitlines()}
+        return all(
+            "cancelled" in lines[run_id] and "CANCELLED" in lines[run_id]
+            for run_id in (slow.run_id, pending.run_id)
+        )
+
+    wait_for(both_cancelled, 60, "`status` to show both runs and jobs cancelled")
     assert not (Path(pending.work_dir) / "train.log").exists()  # never started
     again = cli("cancel", slow.run_id, "--results-root", results)
     assert again.exit_code == 2 and "is cancelled: nothing to cancel" in again.stderr
