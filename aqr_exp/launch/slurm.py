@@ -19,6 +19,7 @@ from pathlib import Path
 
 from aqr_exp import paths, registry
 from aqr_exp.errors import AqrError
+from aqr_exp.files import write_atomic
 from aqr_exp.launch import slurmctl
 from aqr_exp.launch.base import Launcher, RunHandle, TrainJob
 from aqr_exp.spec import SlurmSettings
@@ -153,38 +154,39 @@ class SlurmLauncher(Launcher):
         return written
 
     def submit_all(self, jobs: Sequence[TrainJob]) -> list[RunHandle]:
-        """Write the scripts and sbatch them (one array, or one job per run)."""
+        """Write the scripts and sbatch them (one array, or one job per run).
+
+        Each run records its job as soon as Slurm has it, so a refusal halfway
+        leaves the runs before it submitted and the rest planned."""
+        if not jobs:
+            return []
         array = self.array_path(jobs)
         for path, text in self._scripts(jobs, array).items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+            write_atomic(path, text)
         for job in jobs:
             job.work_dir.mkdir(parents=True, exist_ok=True)
         if array is not None:
             array_id = slurmctl.sbatch(array)
-            ids = [f"{array_id}_{index}" for index in range(len(jobs))]
-            logs = [str(array.parent / f"{array_id}_{index}.out") for index in range(len(jobs))]
-            submitted = [array] * len(jobs)
+            for index, job in enumerate(jobs):
+                log = array.parent / f"{array_id}_{index}.out"
+                self._submitted(job, f"{array_id}_{index}", array, log)
         else:
-            submitted = [job.run_dir / SCRIPT_NAME for job in jobs]
-            ids = [slurmctl.sbatch(script) for script in submitted]
-            logs = [
-                str(job.work_dir / f"slurm-{job_id}.out")
-                for job, job_id in zip(jobs, ids, strict=True)
-            ]
-        handles: list[RunHandle] = []
-        for job, job_id, log, script in zip(jobs, ids, logs, submitted, strict=True):
-            registry.add_launcher_info(
-                job.run_dir,
-                status="queued",
-                type="slurm",
-                job_id=job_id,
-                script=str(script),
-                slurm_log=log,
-            )
-            handles.append(SlurmHandle(job))
-        self.handles += handles
-        return handles
+            for job in jobs:
+                script = job.run_dir / SCRIPT_NAME
+                job_id = slurmctl.sbatch(script)
+                self._submitted(job, job_id, script, job.work_dir / f"slurm-{job_id}.out")
+        return self.handles[-len(jobs) :]
+
+    def _submitted(self, job: TrainJob, job_id: str, script: Path, log: Path) -> None:
+        registry.add_launcher_info(
+            job.run_dir,
+            status="queued",
+            type="slurm",
+            job_id=job_id,
+            script=str(script),
+            slurm_log=str(log),
+        )
+        self.handles.append(SlurmHandle(job))
 
     def submit(self, job: TrainJob) -> RunHandle:
         return self.submit_all([job])[0]
