@@ -69,6 +69,29 @@ class SlurmCluster:
             raise RuntimeError(f"{' '.join(args)}: {result.stderr.strip()}")
         return result.stdout
 
+    def release(self, job_id: str, timeout_s: float = 60.0) -> None:
+        """Start a requeued job now instead of after Slurm's requeue delay.
+
+        A requeued job shows COMPLETING until its old batch step has ended, then
+        PENDING (BeginTime) for about two minutes. Releasing it earlier lets the old
+        step's late exit end the new start, so this waits for BeginTime twice in a row."""
+        deadline = time.monotonic() + timeout_s
+        seen = 0
+        while time.monotonic() < deadline:
+            state = self.command("squeue", "-h", "-j", job_id, "-o", "%T|%r").strip()
+            if state.startswith("RUNNING"):
+                return
+            seen = seen + 1 if state == "PENDING|BeginTime" else 0
+            if seen >= 2:
+                subprocess.run(
+                    ["scontrol", "update", f"JobId={job_id}", "StartTime=now"],
+                    capture_output=True,
+                    env=self.env(),
+                    check=False,  # the job may start between squeue and this
+                )
+            time.sleep(0.5)
+        raise AssertionError(f"job {job_id} did not start again within {timeout_s} s")
+
     def logs(self) -> str:
         parts = []
         for name in ("slurmctld.log", "slurmd.log", "munged.log"):

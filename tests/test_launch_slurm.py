@@ -362,12 +362,12 @@ def test_a_requeued_job_resumes_from_its_checkpoint(
     job_id = slow().launcher["job_id"]
     slurm.command("scontrol", "requeue", job_id)  # what preemption does
     wait_for(requeued, 60, "`status` to show the job requeued")
-    slurm.command("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+    slurm.release(job_id)
 
     wait_for(lambda: training_past(2, 1), 120, "the resumed run's second checkpoint")
     slurm.command("scancel", "--batch", "--signal=USR1", job_id)  # the time-limit warning
     wait_for(requeued, 60, "the job to requeue itself")
-    slurm.command("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+    slurm.release(job_id)
     wait_for(lambda: slow().status == "done", 180, "the run to finish")
 
     record = slow()

@@ -91,7 +91,7 @@ def array_script(
         *directives(settings, f"aqr-{study}", str(log_dir / "%A_%a.out"), array=indices),
         "",
         "RUN_DIRS=(",
-        *(f"  {shlex.quote(str(job.run_dir))}  # {job.run_id}" for job in jobs),
+        *(f"  {shlex.quote(str(job.run_dir))}" for job in jobs),
         ")",
         _entry('"${RUN_DIRS[$SLURM_ARRAY_TASK_ID]}"'),
     ]
