@@ -175,12 +175,13 @@ def _slurm_options(
     qos: str | None,
     sbatch_arg: Sequence[str],
 ) -> dict[str, Any]:
-    """The Slurm flags of `run`/`sweep` by SlurmSettings field (None: not given)."""
-    return dict(
+    """The Slurm flags of `run`/`sweep` that were given, by SlurmSettings field."""
+    options = dict(
         partition=partition, nodes=nodes, gpus_per_node=gpus_per_node,
         cpus_per_task=cpus_per_task, mem=mem, time=time, account=account, qos=qos,
-        extra_args=tuple(sbatch_arg),
+        extra_args=tuple(sbatch_arg) or None,
     )  # fmt: skip
+    return {field: value for field, value in options.items() if value is not None}
 
 
 def _slurm_flag(field: str) -> str:
@@ -190,8 +191,8 @@ def _slurm_flag(field: str) -> str:
 def _slurm_settings(
     base: SlurmSettings, options: dict[str, Any], jobs: int | None, spec_path: Path
 ) -> SlurmSettings:
-    """The spec's Slurm settings with the command line's on top, checked."""
-    given = {key: value for key, value in options.items() if value not in (None, [], ())}
+    """The spec's Slurm settings with the command line's (given) options on top, checked."""
+    given = dict(options)
     if "extra_args" in given:
         given["extra_args"] = (*base.extra_args, *given["extra_args"])
     settings = dataclasses.replace(base, **given, max_running=jobs or base.max_running)
@@ -222,10 +223,9 @@ def _launch(
         raise AqrError(f"--gpus-per-run must be 0 or more, got {gpus}")
     if kind == "slurm" and gpus is not None:
         raise AqrError("--gpus-per-run is for the local launchers; with slurm use --gpus-per-node")
-    given = [name for name, value in slurm_options.items() if value not in (None, [], ())]
-    if kind != "slurm" and given:
+    if kind != "slurm" and slurm_options:
         raise AqrError(
-            f"{_slurm_flag(given[0])} is a Slurm option: add --launcher slurm "
+            f"{_slurm_flag(next(iter(slurm_options)))} is a Slurm option: add --launcher slurm "
             f"(the launcher is {kind})"
         )
     settings = LauncherSettings(
@@ -631,18 +631,19 @@ def status(
         assert record is not None
         typer.echo(record.to_yaml(), nl=False)
         typer.echo(f"# log: {Path(record.work_dir) / LOG_NAME}")
-        if _slurm_state(record):
-            typer.echo(f"# slurm: job {_slurm_state(record)}")
+        slurm_state = _slurm_state(record, slurmctl.queue())
+        if slurm_state:
+            typer.echo(f"# slurm: job {slurm_state}")
         return
     run_dirs = registry.runs_of(results_root, study)
     if not run_dirs:
         typer.echo(f"No runs under {results_root}" + (f" for study {study}" if study else ""))
         return
-    rows, slurm_states = [], []
+    rows, records = [], []
     for run_dir in run_dirs:
         record = registry.reconcile(run_dir)
         assert record is not None
-        slurm_states.append(_slurm_state(record))
+        records.append(record)
         detail = record.reason or ""
         if record.status == "running":
             train_len = configs.train_length(configs.load_config(run_dir / registry.CONFIG_FILE))
@@ -663,6 +664,9 @@ def status(
             ]
         )
     headers = ["study", "run id", "variant", "sweep", "seed", "status", "detail"]
+    on_slurm = any((record.launcher or {}).get("type") == "slurm" for record in records)
+    jobs = slurmctl.queue() if on_slurm else None  # one snapshot for the whole table
+    slurm_states = [_slurm_state(record, jobs) for record in records]
     if any(slurm_states):
         headers.insert(6, "slurm")
         rows = [
@@ -672,12 +676,13 @@ def status(
     typer.echo(tabulate(rows, headers=headers))
 
 
-def _slurm_state(record: registry.RunRecord) -> str:
-    """'12_0 RUNNING' for a run with a Slurm job ('gone' once Slurm forgot it); '' otherwise."""
+def _slurm_state(record: registry.RunRecord, jobs: dict[str, slurmctl.SlurmJob] | None) -> str:
+    """'12_0 RUNNING' for a run with a Slurm job ('gone' once Slurm forgot it); '' otherwise.
+
+    `jobs` is one squeue snapshot (None: squeue could not be asked)."""
     launcher = record.launcher or {}
     if launcher.get("type") != "slurm" or not launcher.get("job_id"):
         return ""
-    jobs = slurmctl.queue()
     if jobs is None:
         return f"{launcher['job_id']} (squeue unavailable)"
     job = jobs.get(str(launcher["job_id"]))

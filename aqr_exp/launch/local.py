@@ -36,7 +36,7 @@ from aqr_exp.launch.base import (
     run_all,
     stop_on_sigterm,
 )
-from aqr_exp.launch.outcome import record_exit
+from aqr_exp.launch.outcome import record_cancel, record_exit
 from aqr_exp.launch.torchrun import torchrun_command
 
 STOP_GRACE_S = 10.0
@@ -254,21 +254,10 @@ def cancel_recorded(run_dir: Path, reason: str = "cancelled by the user") -> reg
     The pool that owns it sees the record when the process exits (or before
     starting a queued run) and keeps it cancelled.
     """
-    record = registry.reconcile(run_dir)
-    if record is None or record.status not in ("planned", *registry.ACTIVE):
-        raise AqrError(
-            f"{run_dir.name} is {record.status if record else 'unknown'}: nothing to cancel"
-        )
-    pid = (record.launcher or {}).get("pid")
-    was_running = record.status == "running"
-    record = registry.transition(run_dir, "cancelled", reason=reason, finished=registry.now())
-    if (
-        was_running
-        and pid
-        and record.launcher
-        and record.launcher.get("host") == socket.gethostname()
-    ):
-        stop_process_group(int(pid))
+    record, was = record_cancel(run_dir, reason)
+    launcher = record.launcher or {}
+    if was == "running" and launcher.get("pid") and launcher.get("host") == socket.gethostname():
+        stop_process_group(int(launcher["pid"]))
     return record
 
 

@@ -1,8 +1,10 @@
-"""How a training process ended, recorded in the registry (shared by every backend).
+"""How a run ended, recorded in the registry (shared by every backend).
 
-A run recorded as cancelled stays cancelled whatever its process did; exit 0
-is done; a signal is an interruption (the next start resumes from the last
-checkpoint); any other code is a failure with a reason from the log's tail.
+`record_cancel` marks a run cancelled before its backend stops it. `record_exit`
+records the end of its training process: a run recorded as cancelled stays
+cancelled whatever its process did; exit 0 is done; a signal is an interruption
+(the next start resumes from the last checkpoint); any other code is a failure
+with a reason from the log's tail.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import signal
 from pathlib import Path
 
 from aqr_exp import registry
+from aqr_exp.errors import AqrError
 from aqr_exp.launch.base import EXIT_NONFINITE, NONFINITE_MARK
 
 
@@ -59,3 +62,16 @@ def record_exit(
         return "interrupted"
     registry.transition(run_dir, "failed", reason=failure_reason(code, tail), **ended)
     return "failed"
+
+
+def record_cancel(run_dir: Path, reason: str) -> tuple[registry.RunRecord, str]:
+    """Record a planned, queued or running run as cancelled (before its backend stops
+    it, so the process's end keeps it cancelled); returns the record and the
+    status it had."""
+    record = registry.reconcile(run_dir)
+    if record is None or record.status not in ("planned", *registry.ACTIVE):
+        raise AqrError(
+            f"{run_dir.name} is {record.status if record else 'unknown'}: nothing to cancel"
+        )
+    cancelled = registry.transition(run_dir, "cancelled", reason=reason, finished=registry.now())
+    return cancelled, record.status

@@ -18,10 +18,10 @@ from datetime import datetime
 from pathlib import Path
 
 from aqr_exp import paths, registry
-from aqr_exp.errors import AqrError
 from aqr_exp.files import write_atomic
 from aqr_exp.launch import slurmctl
 from aqr_exp.launch.base import Launcher, RunHandle, TrainJob
+from aqr_exp.launch.outcome import record_cancel
 from aqr_exp.spec import SlurmSettings
 
 SCRIPT_NAME = "slurm.sbatch"
@@ -205,12 +205,7 @@ def cancel_recorded(run_dir: Path, reason: str = "cancelled by the user") -> reg
 
     The job entry sees the record when Slurm stops it and keeps it cancelled.
     """
-    record = registry.reconcile(run_dir)
-    if record is None or record.status not in ("planned", *registry.ACTIVE):
-        raise AqrError(
-            f"{run_dir.name} is {record.status if record else 'unknown'}: nothing to cancel"
-        )
-    record = registry.transition(run_dir, "cancelled", reason=reason, finished=registry.now())
+    record, _ = record_cancel(run_dir, reason)
     job_id = (record.launcher or {}).get("job_id")
     if job_id:
         slurmctl.scancel(str(job_id))
