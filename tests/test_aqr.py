@@ -151,7 +151,7 @@ def test_bias_changes_cross_attention_and_leaves_self_attention_alone() -> None:
     query = torch.randn(2, 7, 16)
     memory = torch.randn(2, LAYOUT.num_tokens, 16)
     seen = []
-    layer.self_attn.register_forward_hook(
+    layer.attentions[0].register_forward_hook(
         lambda m, args, kwargs, out: seen.append(kwargs), with_kwargs=True
     )
     plain = layer(query, torch.zeros_like(query), memory, torch.zeros_like(memory))
@@ -237,8 +237,11 @@ def test_detection_loss_reaches_the_weight_generator_and_the_scale(aqr_type: str
         embed_dims=16,
         num_query=12,
         depth_num=4,
-        decoder=dict(
-            type="CmtTransformerDecoder", num_layers=2, embed_dims=16, num_heads=4, ffn_dims=32
+        transformer=dict(
+            type="CmtTransformer",
+            decoder=dict(
+                type="CmtTransformerDecoder", num_layers=2, embed_dims=16, num_heads=4, ffn_dims=32
+            ),
         ),
         dn_groups=2,
         # old AQR clamps its maps to [0, max]: sigmoid weights (its config's choice)

@@ -35,7 +35,7 @@ def test_every_config_builds_its_model(name: str) -> None:
 
 @pytest.mark.parametrize(
     ("name", "bev_cells", "backbone"),
-    [(FULL_SCALE[0], 1024, "ResNet"), (FULL_SCALE[1], 1440, "VoVNet")],
+    [(FULL_SCALE[0], 1024, "ResNet"), (FULL_SCALE[1], 1440, "CmtVoVNet")],
 )
 def test_full_scale_configs_match_cmt_published_settings(
     name: str, bev_cells: int, backbone: str
@@ -43,9 +43,11 @@ def test_full_scale_configs_match_cmt_published_settings(
     cfg = _load(name)
     head = cfg.model.pts_bbox_head
     assert cfg.model.pts_middle_encoder.sparse_shape[1:] == [bev_cells, bev_cells]
-    span = cfg.point_cloud_range[3] - cfg.point_cloud_range[0]
-    assert span / cfg.voxel_size[0] == pytest.approx(bev_cells)
-    assert (head.num_query, head.embed_dims, head.decoder.num_layers, head.decoder.num_heads) == (
+    voxelized = cfg.model.data_preprocessor.voxel_layer.point_cloud_range
+    assert (voxelized[3] - voxelized[0]) / cfg.voxel_size[0] == pytest.approx(bev_cells)
+    assert head.point_cloud_range == [-54.0, -54.0, -5.0, 54.0, 54.0, 3.0]
+    decoder = head.transformer.decoder
+    assert (head.num_query, head.embed_dims, decoder.num_layers, decoder.num_heads) == (
         900,
         256,
         6,

@@ -9,11 +9,11 @@ import pytest
 import torch
 from mmdet3d.structures import LiDARInstance3DBoxes
 
-from cmt_aqr.assigner import HungarianAssigner3D
+from cmt_aqr.assigner import CmtHungarianAssigner3D
 from cmt_aqr.box_coder import CmtBBoxCoder, decode_codes, encode_boxes
 from cmt_aqr.denoising import build_denoising, dn_attention_mask
 from cmt_aqr.head import CmtHead, SceneContext
-from cmt_aqr.transforms import ComposeLidar2Img, GlobalRotScaleTransFusion, ImageAugFusion
+from cmt_aqr.transforms import CmtComposeLidar2Img, CmtGlobalRotScaleTrans, CmtImageAug
 
 
 def test_box_encode_decode_round_trip() -> None:
@@ -33,7 +33,7 @@ def test_box_encode_decode_round_trip() -> None:
 
 
 def test_assigner_solves_a_hand_built_problem() -> None:
-    assigner = HungarianAssigner3D(cls_weight=0.0, reg_weight=1.0)
+    assigner = CmtHungarianAssigner3D(cls_weight=0.0, reg_weight=1.0)
     weights = torch.ones(10)
     gt = torch.zeros(2, 10)
     gt[0, :2] = torch.tensor([10.0, 0.0])
@@ -47,7 +47,7 @@ def test_assigner_solves_a_hand_built_problem() -> None:
 
 
 def test_assigner_class_cost_prefers_the_confident_query() -> None:
-    assigner = HungarianAssigner3D(cls_weight=1.0, reg_weight=0.0)
+    assigner = CmtHungarianAssigner3D(cls_weight=1.0, reg_weight=0.0)
     logits = torch.full((2, 10), -5.0)
     logits[1, 3] = 5.0
     assigned = assigner.assign(
@@ -57,7 +57,7 @@ def test_assigner_class_cost_prefers_the_confident_query() -> None:
 
 
 def test_assigner_without_gt_assigns_nothing() -> None:
-    assigned = HungarianAssigner3D().assign(
+    assigned = CmtHungarianAssigner3D().assign(
         torch.zeros(4, 10),
         torch.zeros(4, 10),
         torch.zeros(0, dtype=torch.long),
@@ -131,8 +131,11 @@ def _small_head() -> CmtHead:
         embed_dims=32,
         num_query=10,
         depth_num=8,
-        decoder=dict(
-            type="CmtTransformerDecoder", num_layers=2, embed_dims=32, num_heads=4, ffn_dims=64
+        transformer=dict(
+            type="CmtTransformer",
+            decoder=dict(
+                type="CmtTransformerDecoder", num_layers=2, embed_dims=32, num_heads=4, ffn_dims=64
+            ),
         ),
     )
     head.init_weights()
@@ -192,11 +195,11 @@ def _project(results: dict, point: np.ndarray) -> np.ndarray:
 
 
 def test_image_augmentation_moves_projections_with_the_pixels() -> None:
-    results = ComposeLidar2Img()(_camera_results())
+    results = CmtComposeLidar2Img()(_camera_results())
     point = np.array([10.0, 1.0, 0.5])
     before = _project(results, point)
-    aug = ImageAugFusion(final_size=(40, 64), resize_lim=(0.5, 0.5), training=False)
-    after = _project(ComposeLidar2Img()(aug(_camera_results())), point)
+    aug = CmtImageAug(final_size=(40, 64), resize_lim=(0.5, 0.5), training=False)
+    after = _project(CmtComposeLidar2Img()(aug(_camera_results())), point)
     # resized by 0.5 (80x45), bottom crop of 5 rows, centered crop of 16 columns
     assert np.allclose(after, before * 0.5 - np.array([8.0, 5.0]), atol=1e-6)
 
@@ -209,11 +212,11 @@ def test_global_augmentation_keeps_points_on_their_pixels() -> None:
     results = _camera_results()
     results["points"] = LiDARPoints(point.copy(), points_dim=5)
     results["gt_bboxes_3d"] = LiDARInstance3DBoxes(torch.tensor([[10.0, 1.0, 0.0, 1, 1, 1, 0]]))
-    before = _project(ComposeLidar2Img()(_camera_results()), point[0, :3])
-    aug = GlobalRotScaleTransFusion(
+    before = _project(CmtComposeLidar2Img()(_camera_results()), point[0, :3])
+    aug = CmtGlobalRotScaleTrans(
         rot_range=[-0.5, 0.5], scale_ratio_range=[0.9, 1.1], translation_std=[1, 1, 0]
     )
-    results = ComposeLidar2Img()(aug(results))
+    results = CmtComposeLidar2Img()(aug(results))
     moved = results["points"].tensor[0, :3].numpy()
     assert not np.allclose(moved, point[0, :3])
     assert np.allclose(_project(results, moved), before, atol=1e-3)
@@ -223,14 +226,14 @@ def test_global_augmentation_keeps_points_on_their_pixels() -> None:
 def test_bev_flip_keeps_points_on_their_pixels(direction: str) -> None:
     from mmdet3d.structures import LiDARPoints
 
-    from cmt_aqr.transforms import BEVFlipFusion
+    from cmt_aqr.transforms import CmtBEVFlip
 
     point = np.array([[10.0, 1.0, 0.5, 0.0, 0.0]], dtype=np.float32)
     results = _camera_results()
     results["points"] = LiDARPoints(point.copy(), points_dim=5)
-    before = _project(ComposeLidar2Img()(_camera_results()), point[0, :3])
+    before = _project(CmtComposeLidar2Img()(_camera_results()), point[0, :3])
     ratios = (1.0, 0.0) if direction == "horizontal" else (0.0, 1.0)
-    results = ComposeLidar2Img()(BEVFlipFusion(*ratios)(results))
+    results = CmtComposeLidar2Img()(CmtBEVFlip(*ratios)(results))
     moved = results["points"].tensor[0, :3].numpy()
     assert results[f"pcd_{direction}_flip"]
     assert np.allclose(_project(results, moved), before, atol=1e-4)

@@ -22,13 +22,19 @@ def focal_class_cost(
     return pos[:, gt_labels] - neg[:, gt_labels]
 
 
-def weighted_l1_cost(pred_codes: Tensor, gt_codes: Tensor, code_weights: Tensor) -> Tensor:
-    """[Q, D], [G, D] -> [Q, G] L1 distance on code-weighted box codes."""
-    return torch.cdist(pred_codes * code_weights, gt_codes * code_weights, p=1)
+def weighted_l1_cost(
+    pred_codes: Tensor, gt_codes: Tensor, code_weights: Tensor, num_dims: int = 8
+) -> Tensor:
+    """[Q, D], [G, D] -> [Q, G] L1 distance on the first `num_dims` code-weighted dims.
+
+    CMT matches on 8 dims (center, size, rotation), not on the velocity.
+    """
+    weights = code_weights[:num_dims]
+    return torch.cdist(pred_codes[:, :num_dims] * weights, gt_codes[:, :num_dims] * weights, p=1)
 
 
 @TASK_UTILS.register_module()
-class HungarianAssigner3D:
+class CmtHungarianAssigner3D:
     """Minimizes cls_weight * focal cost + reg_weight * L1 cost over queries x GT."""
 
     def __init__(
@@ -37,9 +43,11 @@ class HungarianAssigner3D:
         reg_weight: float = 0.25,
         alpha: float = 0.25,
         gamma: float = 2.0,
+        reg_dims: int = 8,
     ) -> None:
         self.cls_weight = cls_weight
         self.reg_weight = reg_weight
+        self.reg_dims = reg_dims
         self.alpha = alpha
         self.gamma = gamma
 
@@ -52,7 +60,7 @@ class HungarianAssigner3D:
         code_weights: Tensor,
     ) -> Tensor:
         cls_cost = focal_class_cost(cls_logits, gt_labels, self.alpha, self.gamma)
-        reg_cost = weighted_l1_cost(pred_codes, gt_codes, code_weights)
+        reg_cost = weighted_l1_cost(pred_codes, gt_codes, code_weights, self.reg_dims)
         return self.cls_weight * cls_cost + self.reg_weight * reg_cost
 
     @torch.no_grad()

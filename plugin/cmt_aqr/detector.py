@@ -7,9 +7,24 @@ import torch
 from mmdet3d.models.detectors import Base3DDetector
 from mmdet3d.registry import MODELS
 from mmdet3d.structures import Det3DDataSample
+from mmengine.logging import print_log
 from torch import Tensor
 
+from cmt_aqr.grid_mask import GridMask
 from cmt_aqr.head import LayerOutputs, SceneContext
+
+
+def spconv2_to_model_layout(checkpoint: Tensor, model_shape: torch.Size) -> Tensor | None:
+    """A sparse-conv kernel saved by spconv 2 (out, D, H, W, in), permuted to mmcv's
+    (D, H, W, in, out) when that is what the model holds; None when no permutation applies.
+
+    CMT's checkpoints come from spconv 2; without spconv installed, mmdet3d builds the
+    sparse encoder from mmcv's ops, whose kernels are laid out the other way.
+    """
+    if checkpoint.dim() != 5 or checkpoint.shape == model_shape:
+        return None
+    permuted = checkpoint.permute(1, 2, 3, 4, 0)
+    return permuted.contiguous() if permuted.shape == model_shape else None
 
 
 @MODELS.register_module()
@@ -18,7 +33,8 @@ class CmtDetector(Base3DDetector):
 
     The LiDAR branch is voxel encoder → middle encoder → backbone → neck; the
     camera branch is backbone → neck, and only the first (stride-16) level is
-    used. Images arrive as [B, V, 3, H, W] from Det3DDataPreprocessor.
+    used. Images arrive as [B, V, 3, H, W] from Det3DDataPreprocessor. With
+    `use_grid_mask` (CMT: on), training images go through GridMask.
     """
 
     def __init__(
@@ -30,6 +46,7 @@ class CmtDetector(Base3DDetector):
         img_backbone: dict,
         img_neck: dict,
         pts_bbox_head: dict,
+        use_grid_mask: bool = False,
         data_preprocessor: dict | None = None,
         train_cfg: dict | None = None,
         test_cfg: dict | None = None,
@@ -43,6 +60,24 @@ class CmtDetector(Base3DDetector):
         self.img_backbone = MODELS.build(img_backbone)
         self.img_neck = MODELS.build(img_neck)
         self.pts_bbox_head = MODELS.build(pts_bbox_head)
+        self.grid_mask = GridMask() if use_grid_mask else None
+        self._register_load_state_dict_pre_hook(self._convert_sparse_kernels, with_module=False)
+
+    def _convert_sparse_kernels(self, state_dict: dict, prefix: str, *args) -> None:
+        converted = 0
+        for name, param in self.pts_middle_encoder.named_parameters():
+            key = f"{prefix}pts_middle_encoder.{name}"
+            if key in state_dict:
+                permuted = spconv2_to_model_layout(state_dict[key], param.shape)
+                if permuted is not None:
+                    state_dict[key] = permuted
+                    converted += 1
+        if converted:
+            print_log(
+                f"converted {converted} sparse-conv kernels of the checkpoint from spconv 2's "
+                "layout (out, D, H, W, in) to mmcv's (D, H, W, in, out)",
+                logger="current",
+            )
 
     def extract_pts_feat(self, voxels: dict, batch_size: int) -> Tensor:
         features = self.pts_voxel_encoder(voxels["voxels"], voxels["num_points"], voxels["coors"])
@@ -53,7 +88,10 @@ class CmtDetector(Base3DDetector):
     def extract_img_feat(self, imgs: Tensor) -> Tensor:
         """[B, V, 3, H, W] -> stride-16 features [B, V, C, h, w]."""
         batch, views = imgs.shape[:2]
-        feats = self.img_neck(self.img_backbone(imgs.flatten(0, 1)))[0]
+        imgs = imgs.flatten(0, 1)
+        if self.grid_mask is not None:
+            imgs = self.grid_mask(imgs)
+        feats = self.img_neck(self.img_backbone(imgs))[0]
         return feats.view(batch, views, *feats.shape[1:])
 
     def _forward_head(

@@ -1,4 +1,9 @@
-"""CMT's detection head: queries, position embeddings, decoder, losses, decoding."""
+"""CMT's detection head: queries, position embeddings, decoder, losses, decoding.
+
+The parameter layout is CMT's (``shared_conv``, ``reference_points``,
+``bev_embedding``, ``rv_embedding``, ``transformer.decoder``, ``task_heads.0``), so
+the official checkpoints load; docs/fidelity.md lists what still differs.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,12 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+from mmcv.cnn import ConvModule
 from mmdet.models.losses.focal_loss import py_sigmoid_focal_loss
 from mmdet.utils import reduce_mean
 from mmdet3d.registry import MODELS, TASK_UTILS
 from mmdet3d.structures import LiDARInstance3DBoxes
-from mmengine.model import BaseModule
+from mmengine.model import BaseModule, ModuleList
 from mmengine.structures import InstanceData
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
@@ -22,10 +28,11 @@ from cmt_aqr.denoising import DenoisingPlan, build_denoising
 from cmt_aqr.positional import (
     bev_cell_centers,
     inverse_sigmoid,
-    lid_depths,
     lift_pixels,
+    ray_depths,
     sine_embedding,
 )
+from cmt_aqr.task_head import COMMON_HEADS, SeparateTaskHead
 
 
 def mlp(in_dims: int, hidden: int, out_dims: int) -> nn.Sequential:
@@ -55,7 +62,14 @@ class LayerOutputs:
 
 @MODELS.register_module()
 class CmtHead(BaseModule):
-    """Queries attend to the BEV + camera tokens; each layer predicts boxes."""
+    """Queries attend to the BEV + camera tokens; each layer predicts boxes.
+
+    One task of `num_classes` classes (CMT's LiDAR + camera configs use one).
+    `neg_cls_weight`: the share of a background query in the class loss's
+    normalizer (CMT: num_pos + 0.1 num_neg). `pos_scale` multiplies the normalized
+    coordinates of the BEV / query sine embedding (1.0 = CMT; the CPU demo, which
+    trains for minutes, uses more periods so that attention can become local fast).
+    """
 
     def __init__(
         self,
@@ -65,9 +79,9 @@ class CmtHead(BaseModule):
         embed_dims: int = 256,
         num_query: int = 900,
         depth_num: int = 64,
-        depth_start: float = 1.0,
-        position_range: list[float] | None = None,
-        decoder: dict | None = None,
+        pos_scale: float = 1.0,
+        transformer: dict | None = None,
+        separate_head: dict | None = None,
         bbox_coder: dict | None = None,
         assigner: dict | None = None,
         code_weights: list[float] | None = None,
@@ -75,6 +89,7 @@ class CmtHead(BaseModule):
         loss_bbox_weight: float = 0.25,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
+        neg_cls_weight: float = 0.1,
         dn_groups: int = 10,
         dn_noise_scale: float = 1.0,
         dn_split: float = 0.75,
@@ -89,14 +104,9 @@ class CmtHead(BaseModule):
         self.embed_dims = embed_dims
         self.num_query = num_query
         self.depth_num = depth_num
-        self.depth_start = depth_start
+        self.pos_scale = pos_scale
         self.register_buffer(
             "pc_range", torch.tensor(point_cloud_range, dtype=torch.float32), persistent=False
-        )
-        self.register_buffer(
-            "position_range",
-            torch.tensor(position_range or point_cloud_range, dtype=torch.float32),
-            persistent=False,
         )
         self.register_buffer(
             "code_weights",
@@ -107,31 +117,40 @@ class CmtHead(BaseModule):
         self.loss_bbox_weight = loss_bbox_weight
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
+        self.neg_cls_weight = neg_cls_weight
         self.dn_groups = dn_groups
         self.dn_noise_scale = dn_noise_scale
         self.dn_split = dn_split
         self.dn_weight = dn_weight
 
-        self.shared_conv = nn.Sequential(
-            nn.Conv2d(in_channels, embed_dims, 3, padding=1, bias=False),
-            nn.BatchNorm2d(embed_dims),
-            nn.ReLU(inplace=True),
+        self.shared_conv = ConvModule(
+            in_channels,
+            embed_dims,
+            3,
+            padding=1,
+            conv_cfg=dict(type="Conv2d"),
+            norm_cfg=dict(type="BN2d"),
+        )
+        self.transformer = MODELS.build(
+            transformer
+            or dict(
+                type="CmtTransformer",
+                decoder=dict(type="CmtTransformerDecoder", embed_dims=embed_dims),
+            )
         )
         self.reference_points = nn.Embedding(num_query, 3)
         self.bev_embedding = mlp(embed_dims * 2, embed_dims, embed_dims)
         self.rv_embedding = mlp(depth_num * 3, embed_dims * 4, embed_dims)
-        self.decoder = MODELS.build(
-            decoder or dict(type="CmtTransformerDecoder", embed_dims=embed_dims)
-        )
-        self.task_heads = nn.ModuleDict(
-            {
-                "center": mlp(embed_dims, embed_dims, 2),
-                "height": mlp(embed_dims, embed_dims, 1),
-                "dim": mlp(embed_dims, embed_dims, 3),
-                "rot": mlp(embed_dims, embed_dims, 2),
-                "vel": mlp(embed_dims, embed_dims, 2),
-                "cls": mlp(embed_dims, embed_dims, num_classes),
-            }
+        heads = {**COMMON_HEADS, "cls_logits": (num_classes, 2)}
+        self.task_heads = ModuleList(
+            (
+                SeparateTaskHead(
+                    embed_dims,
+                    heads,
+                    groups=self.transformer.decoder.num_layers,
+                    **(separate_head or {}),
+                ),
+            )
         )
         self.bbox_coder = TASK_UTILS.build(
             bbox_coder
@@ -139,24 +158,24 @@ class CmtHead(BaseModule):
                 type="CmtBBoxCoder", post_center_range=point_cloud_range, num_classes=num_classes
             )
         )
-        self.assigner = TASK_UTILS.build(assigner or dict(type="HungarianAssigner3D"))
+        self.assigner = TASK_UTILS.build(assigner or dict(type="CmtHungarianAssigner3D"))
         self.aqr = None if aqr is None else AdaptiveQueryRouting(embed_dims, **aqr)
 
     def init_weights(self) -> None:
         super().init_weights()
         nn.init.uniform_(self.reference_points.weight, 0, 1)
-        self.decoder.init_weights()
-        prior = 0.01
-        nn.init.constant_(self.task_heads["cls"][-1].bias, -math.log((1 - prior) / prior))
 
     # ------------------------------------------------------------------ geometry
     def _camera_positions(self, ctx: SceneContext) -> Tensor:
-        """Position embedding of every camera token: [B, V*h*w, C]."""
+        """Position embedding of every camera token: [B, V*h*w, C].
+
+        Token (row, col) sits at pixel (col, row) · stride of the padded image, as in CMT.
+        """
         h, w = ctx.cam_size
         img_h, img_w = ctx.image_size
         device = ctx.lidar2img.device
-        ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * img_h / h
-        xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * img_w / w
+        ys = torch.arange(h, device=device, dtype=torch.float32) * img_h / h
+        xs = torch.arange(w, device=device, dtype=torch.float32) * img_w / w
         grid_v, grid_u = torch.meshgrid(ys, xs, indexing="ij")
         pixels = torch.stack((grid_u, grid_v), dim=-1).reshape(1, 1, h * w, 2)
         batch, views = ctx.lidar2img.shape[:2]
@@ -165,11 +184,9 @@ class CmtHead(BaseModule):
         return embed.reshape(batch, views * h * w, self.embed_dims)
 
     def _lift(self, pixels: Tensor, ctx: SceneContext) -> Tensor:
-        depths = lid_depths(
-            self.depth_num, self.depth_start, float(self.position_range[3]), pixels.device
-        )
+        depths = ray_depths(self.depth_num, float(self.pc_range[3]), pixels.device)
         img2lidar = torch.linalg.inv(ctx.lidar2img.float())
-        return lift_pixels(pixels, depths, img2lidar, self.position_range)
+        return lift_pixels(pixels, depths, img2lidar, self.pc_range)
 
     def project_to_images(self, ref_points: Tensor, ctx: SceneContext) -> tuple[Tensor, Tensor]:
         """Reference points [B, Q, 3] in [0, 1] -> pixels [B, V, Q, 2] and visibility [B, V, Q]."""
@@ -177,9 +194,9 @@ class CmtHead(BaseModule):
         homo = torch.cat((points, torch.ones_like(points[..., :1])), dim=-1)
         cam = torch.einsum("bvij,bqj->bvqi", ctx.lidar2img.float(), homo)
         depth = cam[..., 2]
-        in_front = depth > 1e-2
-        safe_depth = torch.where(in_front, depth, torch.ones_like(depth)).detach()
-        pixels = cam[..., :2] / safe_depth[..., None]
+        in_front = depth > 0
+        eps = torch.where(in_front, 1e-6, -1e-6)
+        pixels = cam[..., :2] / (depth.detach() + eps)[..., None]
         img_h, img_w = ctx.image_size
         inside = (
             (pixels[..., 0] >= 0)
@@ -193,7 +210,7 @@ class CmtHead(BaseModule):
         self, ref_points: Tensor, ctx: SceneContext, pixels: Tensor, visible: Tensor
     ) -> Tensor:
         """BEV embedding of the point + camera embedding of its visible projections."""
-        bev = self.bev_embedding(sine_embedding(ref_points[..., :2], self.embed_dims))
+        bev = self.bev_embedding(sine_embedding(ref_points, self.embed_dims, self.pos_scale))
         cam = self.rv_embedding(self._lift(pixels, ctx))  # [B, V, Q, C]
         return bev + (cam * visible[..., None]).sum(dim=1)
 
@@ -212,16 +229,23 @@ class CmtHead(BaseModule):
         bev = self.shared_conv(bev_feat)
         batch = bev.shape[0]
         bev_pos = self.bev_embedding(
-            sine_embedding(bev_cell_centers(*ctx.bev_size, bev.device), self.embed_dims)
+            sine_embedding(
+                bev_cell_centers(*ctx.bev_size, bev.device), self.embed_dims, self.pos_scale
+            )
         )
         memory = self._memory(bev, img_feats)
         memory_pos = torch.cat((bev_pos.expand(batch, -1, -1), self._camera_positions(ctx)), dim=1)
 
         ref_points = self.reference_points.weight[None].expand(batch, -1, -1)
         blocked = None
+        pad = 0
         if dn is not None:
             ref_points = torch.cat((dn.ref_points, ref_points), dim=1)
             blocked = dn.blocked
+            pad = dn.pad_size
+        # CMT embeds and projects the points through inverse_sigmoid(·).sigmoid(): points
+        # that drifted out of [0, 1] are clamped to it.
+        ref_points = inverse_sigmoid(ref_points).sigmoid()
         pixels, visible = self.project_to_images(ref_points, ctx)
         query_pos = self.query_positions(ref_points, ctx, pixels, visible)
         query = torch.zeros_like(query_pos)
@@ -233,14 +257,18 @@ class CmtHead(BaseModule):
             lidar_w, cam_w = self.aqr.generator(
                 query + query_pos, memory, memory_pos, cells, layout
             )
+            matching = cells.slice(pad)
             if self.aqr.type == "old":
-                bev, img_feats = self.aqr.modulate_features(bev, img_feats, cells, lidar_w, cam_w)
+                # Only the matching queries are rendered: DN queries carry GT positions,
+                # and the maps are shared by every query.
+                bev, img_feats = self.aqr.modulate_features(
+                    bev, img_feats, matching, lidar_w[:, pad:], cam_w[:, pad:]
+                )
                 memory = self._memory(bev, img_feats)
             else:
                 bias = self.aqr.attention_bias(cells, lidar_w, cam_w, layout)
-            pad = 0 if dn is None else dn.pad_size
-            stats = self.aqr.statistics(lidar_w[:, pad:], cam_w[:, pad:], cells.slice(pad))
-        hidden = self.decoder(
+            stats = self.aqr.statistics(lidar_w[:, pad:], cam_w[:, pad:], matching)
+        hidden = self.transformer.decoder(
             query, query_pos, memory, memory_pos, self_attn_blocked=blocked, cross_attn_bias=bias
         )
         outputs = self._predict_boxes(hidden, ref_points)
@@ -248,26 +276,20 @@ class CmtHead(BaseModule):
         return outputs
 
     def _predict_boxes(self, hidden: Tensor, ref_points: Tensor) -> LayerOutputs:
-        """Centers are offsets to the reference point in inverse-sigmoid space."""
+        """Centers are offsets to the reference point in inverse-sigmoid space.
+
+        The code is the concatenation (center 2, height 1, dim 3, rot 2, vel 2), read
+        in box_coder's layout (cx, cy, log l, log w, cz, log h, sin, cos, vx, vy) as CMT
+        reads it: the `height` head fills the log-length slot and `dim` the slots
+        log w, cz, log h. CMT trains and decodes it so; its checkpoints depend on it.
+        """
+        outs = self.task_heads[0](hidden)
         ref = inverse_sigmoid(ref_points)
-        center = (self.task_heads["center"](hidden) + ref[..., :2]).sigmoid()
-        height = (self.task_heads["height"](hidden) + ref[..., 2:3]).sigmoid()
         lo, hi = self.pc_range[:3], self.pc_range[3:]
-        xy = center * (hi[:2] - lo[:2]) + lo[:2]
-        z = height * (hi[2] - lo[2]) + lo[2]
-        dims = self.task_heads["dim"](hidden)
-        codes = torch.cat(
-            (
-                xy,
-                dims[..., :2],
-                z,
-                dims[..., 2:3],
-                self.task_heads["rot"](hidden),
-                self.task_heads["vel"](hidden),
-            ),
-            dim=-1,
-        )
-        return LayerOutputs(self.task_heads["cls"](hidden), codes)
+        center = (outs["center"] + ref[..., :2]).sigmoid() * (hi[:2] - lo[:2]) + lo[:2]
+        height = (outs["height"] + ref[..., 2:3]).sigmoid() * (hi[2] - lo[2]) + lo[2]
+        codes = torch.cat((center, height, outs["dim"], outs["rot"], outs["vel"]), dim=-1)
+        return LayerOutputs(outs["cls_logits"], codes)
 
     # ------------------------------------------------------------------ training
     def make_denoising(
@@ -287,8 +309,9 @@ class CmtHead(BaseModule):
             self.dn_split,
         )
 
-    def _focal(self, logits: Tensor, labels: Tensor, avg_factor: Tensor) -> Tensor:
-        """Sigmoid focal loss; label == num_classes is background."""
+    def _focal(self, logits: Tensor, labels: Tensor, avg_factor: float | Tensor) -> Tensor:
+        """Sigmoid focal loss summed and divided by avg_factor; label == num_classes is
+        background."""
         target = torch.zeros_like(logits)
         fg = labels < self.num_classes
         target[fg.nonzero(as_tuple=True)[0], labels[fg]] = 1.0
@@ -297,7 +320,7 @@ class CmtHead(BaseModule):
         )
         return self.loss_cls_weight * loss / avg_factor
 
-    def _l1(self, pred: Tensor, target: Tensor, avg_factor: Tensor) -> Tensor:
+    def _l1(self, pred: Tensor, target: Tensor, avg_factor: float | Tensor) -> Tensor:
         valid = torch.isfinite(target).all(dim=-1)
         diff = (pred[valid] - target[valid]).abs() * self.code_weights
         return self.loss_bbox_weight * diff.sum() / avg_factor
@@ -309,37 +332,49 @@ class CmtHead(BaseModule):
         gt_boxes: list[LiDARInstance3DBoxes],
         gt_labels: list[Tensor],
     ) -> dict[str, Tensor]:
-        pad = 0 if dn is None else dn.pad_size
         gt_codes = [encode_boxes(b).to(self.pc_range.device) for b in gt_boxes]
-        num_gt = outputs.codes.new_tensor(float(sum(len(c) for c in gt_codes)))
-        avg = reduce_mean(num_gt).clamp(min=1.0)
         losses: dict[str, Tensor] = dict(outputs.stats)
         num_layers = outputs.cls_logits.shape[0]
         for layer in range(num_layers):
             prefix = "" if layer == num_layers - 1 else f"d{layer}."
-            cls_all, codes_all, labels_all, targets_all = [], [], [], []
-            for b, (codes_gt, labels_gt) in enumerate(zip(gt_codes, gt_labels, strict=True)):
-                cls_b = outputs.cls_logits[layer, b, pad:]
-                codes_b = outputs.codes[layer, b, pad:]
-                assigned = self.assigner.assign(
-                    cls_b, codes_b, labels_gt, codes_gt, self.code_weights
-                )
-                matched = assigned >= 0
-                labels = torch.full_like(assigned, self.num_classes)
-                labels[matched] = labels_gt[assigned[matched]]
-                cls_all.append(cls_b)
-                labels_all.append(labels)
-                codes_all.append(codes_b[matched])
-                targets_all.append(codes_gt[assigned[matched]])
-            losses[f"{prefix}loss_cls"] = self._focal(
-                torch.cat(cls_all), torch.cat(labels_all), avg
-            )
-            losses[f"{prefix}loss_bbox"] = self._l1(
-                torch.cat(codes_all), torch.cat(targets_all), avg
-            )
+            losses.update(self._matching_loss(outputs, dn, gt_codes, gt_labels, layer, prefix))
             if dn is not None:
                 losses.update(self._dn_loss(outputs, dn, gt_codes, layer, prefix))
         return losses
+
+    def _matching_loss(
+        self,
+        outputs: LayerOutputs,
+        dn: DenoisingPlan | None,
+        gt_codes: list[Tensor],
+        gt_labels: list[Tensor],
+        layer: int,
+        prefix: str,
+    ) -> dict[str, Tensor]:
+        """Hungarian-matched queries; normalizers as CMT's (this process's counts)."""
+        pad = 0 if dn is None else dn.pad_size
+        cls_all, codes_all, labels_all, targets_all = [], [], [], []
+        for b, (codes_gt, labels_gt) in enumerate(zip(gt_codes, gt_labels, strict=True)):
+            cls_b = outputs.cls_logits[layer, b, pad:]
+            codes_b = outputs.codes[layer, b, pad:]
+            assigned = self.assigner.assign(cls_b, codes_b, labels_gt, codes_gt, self.code_weights)
+            matched = assigned >= 0
+            labels = torch.full_like(assigned, self.num_classes)
+            labels[matched] = labels_gt[assigned[matched]]
+            cls_all.append(cls_b)
+            labels_all.append(labels)
+            codes_all.append(codes_b[matched])
+            targets_all.append(codes_gt[assigned[matched]])
+        labels = torch.cat(labels_all)
+        num_pos = int((labels < self.num_classes).sum())
+        num_neg = labels.numel() - num_pos
+        cls_avg = max(num_pos + self.neg_cls_weight * num_neg, 1.0)
+        return {
+            f"{prefix}loss_cls": self._focal(torch.cat(cls_all), labels, cls_avg),
+            f"{prefix}loss_bbox": self._l1(
+                torch.cat(codes_all), torch.cat(targets_all), max(num_pos, 1)
+            ),
+        }
 
     def _dn_loss(
         self,
@@ -349,17 +384,22 @@ class CmtHead(BaseModule):
         layer: int,
         prefix: str,
     ) -> dict[str, Tensor]:
+        """Every DN query that copies a GT: its class (or background when noised far)
+        and its box, regressed to the GT box whatever its class target."""
         real = dn.gt_index >= 0  # [B, P]
         cls = outputs.cls_logits[layer, :, : dn.pad_size][real]
         labels = dn.labels[real]
-        fg = labels < self.num_classes
         batch_idx = real.nonzero(as_tuple=True)[0]
         targets = pad_sequence(gt_codes, batch_first=True)[batch_idx, dn.gt_index[real]]
         codes = outputs.codes[layer, :, : dn.pad_size][real]
-        avg = reduce_mean(cls.new_tensor(float(max(int(fg.sum()), 1)))).clamp(min=1.0)
+        num_target = labels.numel()
+        # CMT's class normalizer: the number of DN queries times π/6 · split³ (the
+        # volume of a ball of radius `split` over that of the noise cube around it).
+        cls_avg = max(num_target * math.pi / 6 * self.dn_split**3, 1.0)
+        box_avg = reduce_mean(cls.new_tensor(float(num_target))).clamp(min=1.0)
         return {
-            f"{prefix}dn_loss_cls": self.dn_weight * self._focal(cls, labels, avg),
-            f"{prefix}dn_loss_bbox": self.dn_weight * self._l1(codes[fg], targets[fg], avg),
+            f"{prefix}dn_loss_cls": self.dn_weight * self._focal(cls, labels, cls_avg),
+            f"{prefix}dn_loss_bbox": self.dn_weight * self._l1(codes, targets, box_avg),
         }
 
     # ------------------------------------------------------------------ inference

@@ -1,6 +1,7 @@
 """CPFPN: an FPN whose 3x3 output conv runs only on the finest level.
 
 CMT reads only the stride-16 level, so the coarser levels skip the output conv.
+Names as in CMT's checkpoints: ``lateral_convs.N.conv``, ``fpn_convs.0.conv``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from torch import Tensor, nn
 
 
 @MODELS.register_module()
-class CPFPN(BaseModule):
+class CmtCPFPN(BaseModule):
     def __init__(
         self,
         in_channels: list[int],
@@ -27,8 +28,8 @@ class CPFPN(BaseModule):
         self.lateral_convs = nn.ModuleList(
             ConvModule(c, out_channels, 1, norm_cfg=norm_cfg, act_cfg=None) for c in in_channels
         )
-        self.output_conv = ConvModule(
-            out_channels, out_channels, 3, padding=1, norm_cfg=norm_cfg, act_cfg=None
+        self.fpn_convs = nn.ModuleList(
+            (ConvModule(out_channels, out_channels, 3, padding=1, norm_cfg=norm_cfg, act_cfg=None),)
         )
 
     def forward(self, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
@@ -37,4 +38,4 @@ class CPFPN(BaseModule):
             laterals[i - 1] = laterals[i - 1] + F.interpolate(
                 laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest"
             )
-        return (self.output_conv(laterals[0]), *laterals[1:])
+        return (self.fpn_convs[0](laterals[0]), *laterals[1:])

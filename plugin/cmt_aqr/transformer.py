@@ -1,8 +1,13 @@
-"""CMT's decoder: post-norm DETR layers over the fused BEV + camera memory."""
+"""CMT's decoder: post-norm DETR layers over the fused BEV + camera memory.
+
+Module names follow CMT's checkpoints: ``transformer.decoder.layers.N.{attentions.{0,1},
+ffns.0, norms.{0,1,2}}`` and ``transformer.decoder.post_norm``.
+"""
 
 from __future__ import annotations
 
 import torch
+from mmcv.cnn.bricks.transformer import FFN
 from mmdet3d.registry import MODELS
 from torch import Tensor, nn
 
@@ -12,21 +17,29 @@ from cmt_aqr.attention import AttentionBias, MultiheadAttention
 class CmtDecoderLayer(nn.Module):
     """self-attn → norm → cross-attn → norm → FFN → norm.
 
-    Only the cross-attention receives the AQR bias; the self-attention keeps
-    the DN mask alone.
+    Dropout as CMT trains it: self-attention 0.1 on the probabilities and 0.1 on
+    its output, cross-attention 0.1 on its output only, none in the FFN. Only the
+    cross-attention receives the AQR bias; the self-attention keeps the DN mask alone.
     """
 
     def __init__(
-        self, embed_dims: int, num_heads: int, ffn_dims: int, dropout: float = 0.1
+        self,
+        embed_dims: int,
+        num_heads: int,
+        ffn_dims: int,
+        dropout: float = 0.1,
+        self_attn_drop: float = 0.1,
+        ffn_drop: float = 0.0,
     ) -> None:
         super().__init__()
-        self.self_attn = MultiheadAttention(embed_dims, num_heads, dropout)
-        self.cross_attn = MultiheadAttention(embed_dims, num_heads, dropout)
-        self.ffn = nn.Sequential(
-            nn.Linear(embed_dims, ffn_dims),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-            nn.Linear(ffn_dims, embed_dims),
+        self.attentions = nn.ModuleList(
+            (
+                MultiheadAttention(embed_dims, num_heads, attn_drop=self_attn_drop),
+                MultiheadAttention(embed_dims, num_heads, attn_drop=0.0),
+            )
+        )
+        self.ffns = nn.ModuleList(
+            (FFN(embed_dims, ffn_dims, num_fcs=2, ffn_drop=ffn_drop, add_identity=True),)
         )
         self.norms = nn.ModuleList(nn.LayerNorm(embed_dims) for _ in range(3))
         self.drop = nn.Dropout(dropout)
@@ -40,15 +53,12 @@ class CmtDecoderLayer(nn.Module):
         self_attn_blocked: Tensor | None = None,
         cross_attn_bias: AttentionBias | None = None,
     ) -> Tensor:
+        self_attn, cross_attn = self.attentions
         q = query + query_pos
-        query = self.norms[0](
-            query + self.drop(self.self_attn(q, q, query, blocked=self_attn_blocked))
-        )
-        attended = self.cross_attn(
-            query + query_pos, memory + memory_pos, memory, bias=cross_attn_bias
-        )
+        query = self.norms[0](query + self.drop(self_attn(q, q, query, blocked=self_attn_blocked)))
+        attended = cross_attn(query + query_pos, memory + memory_pos, memory, bias=cross_attn_bias)
         query = self.norms[1](query + self.drop(attended))
-        return self.norms[2](query + self.drop(self.ffn(query)))
+        return self.norms[2](self.ffns[0](query))
 
 
 @MODELS.register_module()
@@ -62,19 +72,18 @@ class CmtTransformerDecoder(nn.Module):
         num_heads: int = 8,
         ffn_dims: int = 1024,
         dropout: float = 0.1,
+        self_attn_drop: float = 0.1,
+        ffn_drop: float = 0.0,
     ) -> None:
         super().__init__()
         self.embed_dims = embed_dims
         self.num_heads = num_heads
+        self.num_layers = num_layers
         self.layers = nn.ModuleList(
-            CmtDecoderLayer(embed_dims, num_heads, ffn_dims, dropout) for _ in range(num_layers)
+            CmtDecoderLayer(embed_dims, num_heads, ffn_dims, dropout, self_attn_drop, ffn_drop)
+            for _ in range(num_layers)
         )
         self.post_norm = nn.LayerNorm(embed_dims)
-
-    def init_weights(self) -> None:
-        for param in self.parameters():
-            if param.dim() > 1:
-                nn.init.xavier_uniform_(param)
 
     def forward(
         self,
@@ -91,3 +100,24 @@ class CmtTransformerDecoder(nn.Module):
             query = layer(query, query_pos, memory, memory_pos, self_attn_blocked, cross_attn_bias)
             outputs.append(self.post_norm(query))
         return torch.stack(outputs)
+
+
+@MODELS.register_module()
+class CmtTransformer(nn.Module):
+    """Holds the decoder under the name CMT's checkpoints use (``transformer.decoder``)."""
+
+    def __init__(self, decoder: dict) -> None:
+        super().__init__()
+        self.decoder = MODELS.build(decoder)
+
+    def init_weights(self) -> None:
+        """DETR's init, as CMT does it: Xavier-uniform matrices, zero biases of those layers."""
+        for module in self.modules():
+            if isinstance(module, nn.MultiheadAttention):
+                nn.init.xavier_uniform_(module.in_proj_weight)
+                nn.init.zeros_(module.in_proj_bias)
+            weight = getattr(module, "weight", None)
+            if isinstance(weight, Tensor) and weight.dim() > 1:
+                nn.init.xavier_uniform_(weight)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)

@@ -3,7 +3,7 @@ cameras, so a 3D point still projects onto the pixel that shows it.
 
 Every LiDAR-space augmentation A (p' = A p) right-multiplies each view's
 `lidar2cam` by inv(A); every image augmentation P (pixel' = P pixel)
-left-multiplies `cam2img` by P. `ComposeLidar2Img` runs last and writes
+left-multiplies `cam2img` by P. `CmtComposeLidar2Img` runs last and writes
 `lidar2img = cam2img @ lidar2cam`, which the head reads.
 """
 
@@ -31,7 +31,7 @@ def apply_lidar_aug(results: dict, aug: np.ndarray) -> None:
 
 
 @TRANSFORMS.register_module()
-class GlobalRotScaleTransFusion(GlobalRotScaleTrans):
+class CmtGlobalRotScaleTrans(GlobalRotScaleTrans):
     """mmdet3d's GlobalRotScaleTrans that also updates the cameras."""
 
     def transform(self, input_dict: dict) -> dict:
@@ -45,7 +45,7 @@ class GlobalRotScaleTransFusion(GlobalRotScaleTrans):
 
 
 @TRANSFORMS.register_module()
-class BEVFlipFusion(BaseTransform):
+class CmtBEVFlip(BaseTransform):
     """Random BEV flips (y -> -y: horizontal, x -> -x: vertical) of points,
     boxes and cameras."""
 
@@ -74,7 +74,7 @@ class BEVFlipFusion(BaseTransform):
 
 
 @TRANSFORMS.register_module()
-class ImageAugFusion(BaseTransform):
+class CmtImageAug(BaseTransform):
     """Per-view resize, crop and horizontal flip that update `cam2img`.
 
     final_size: (H, W) of the output images; resize_lim: scale range (train)
@@ -135,7 +135,7 @@ class ImageAugFusion(BaseTransform):
 
 
 @TRANSFORMS.register_module()
-class ModalityMask(BaseTransform):
+class CmtModalityMask(BaseTransform):
     """Training-time modality dropout: blank all images, or keep one LiDAR point,
     so the detector learns to cope with a missing sensor."""
 
@@ -155,7 +155,7 @@ class ModalityMask(BaseTransform):
 
 
 @TRANSFORMS.register_module()
-class ComposeLidar2Img(BaseTransform):
+class CmtComposeLidar2Img(BaseTransform):
     """lidar2img = cam2img @ lidar2cam for every view, after all augmentations."""
 
     def transform(self, results: dict) -> dict:

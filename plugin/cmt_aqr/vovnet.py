@@ -1,7 +1,14 @@
 """VoVNet (one-shot aggregation) with effective squeeze-excitation, for CMT's
-1600x640 config. mmdet ships no VoVNet, so the plugin has its own."""
+1600x640 config. mmdet ships no VoVNet, so the plugin has its own.
+
+Module names follow the VoV-99 checkpoints CMT starts from (FCOS3D's image
+backbone): ``stem.stem_1/conv``, ``stage2.OSA2_1.layers.0.OSA2_1_0/conv``,
+``stage2.OSA2_1.concat.OSA2_1_concat/norm``, ``stage2.OSA2_1.ese.fc``, ...
+"""
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -17,12 +24,15 @@ VOVNET_SPECS: dict[str, tuple[list[int], list[int], list[int], int, list[int]]] 
 }
 
 
-def conv_bn_relu(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
+def conv_bn_relu(
+    cin: int, cout: int, name: str, kernel: int = 3, stride: int = 1
+) -> list[tuple[str, nn.Module]]:
+    """(name/conv, name/norm, name/relu), to be placed in a Sequential."""
+    return [
+        (f"{name}/conv", nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False)),
+        (f"{name}/norm", nn.BatchNorm2d(cout)),
+        (f"{name}/relu", nn.ReLU(inplace=True)),
+    ]
 
 
 class EffectiveSE(nn.Module):
@@ -37,12 +47,19 @@ class EffectiveSE(nn.Module):
 class OSABlock(nn.Module):
     """Convs in sequence; all their outputs (and the input) aggregated once."""
 
-    def __init__(self, cin: int, conv_ch: int, cout: int, num_layers: int, residual: bool) -> None:
+    def __init__(
+        self, cin: int, conv_ch: int, cout: int, num_layers: int, name: str, residual: bool
+    ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            conv_bn_relu(cin if i == 0 else conv_ch, conv_ch) for i in range(num_layers)
+            nn.Sequential(
+                OrderedDict(conv_bn_relu(cin if i == 0 else conv_ch, conv_ch, f"{name}_{i}"))
+            )
+            for i in range(num_layers)
         )
-        self.concat = conv_bn_relu(cin + num_layers * conv_ch, cout, kernel=1)
+        self.concat = nn.Sequential(
+            OrderedDict(conv_bn_relu(cin + num_layers * conv_ch, cout, f"{name}_concat", kernel=1))
+        )
         self.ese = EffectiveSE(cout)
         self.residual = residual
 
@@ -55,7 +72,7 @@ class OSABlock(nn.Module):
 
 
 @MODELS.register_module()
-class VoVNet(BaseModule):
+class CmtVoVNet(BaseModule):
     """Outputs the stages named in out_features (stage2..stage5: strides 4..32)."""
 
     def __init__(
@@ -71,19 +88,25 @@ class VoVNet(BaseModule):
             raise ValueError(f"unknown VoVNet spec {spec_name!r}; known: {sorted(VOVNET_SPECS)}")
         stem_ch, conv_ch, out_ch, num_layers, blocks = VOVNET_SPECS[spec_name]
         self.stem = nn.Sequential(
-            conv_bn_relu(3, stem_ch[0], stride=2),
-            conv_bn_relu(stem_ch[0], stem_ch[1]),
-            conv_bn_relu(stem_ch[1], stem_ch[2], stride=2),
+            OrderedDict(
+                conv_bn_relu(3, stem_ch[0], "stem_1", stride=2)
+                + conv_bn_relu(stem_ch[0], stem_ch[1], "stem_2")
+                + conv_bn_relu(stem_ch[1], stem_ch[2], "stem_3", stride=2)
+            )
         )
-        self.stages = nn.ModuleDict()
+        self.stage_names = []
         cin = stem_ch[2]
         for i, (cc, co, nb) in enumerate(zip(conv_ch, out_ch, blocks, strict=True)):
-            modules: list[nn.Module] = []
+            number = i + 2
+            modules: list[tuple[str, nn.Module]] = []
             if i > 0:
-                modules.append(nn.MaxPool2d(3, 2, ceil_mode=True))
+                modules.append(("Pooling", nn.MaxPool2d(3, 2, ceil_mode=True)))
             for b in range(nb):
-                modules.append(OSABlock(cin if b == 0 else co, cc, co, num_layers, residual=b > 0))
-            self.stages[f"stage{i + 2}"] = nn.Sequential(*modules)
+                name = f"OSA{number}_{b + 1}"
+                block = OSABlock(cin if b == 0 else co, cc, co, num_layers, name, residual=b > 0)
+                modules.append((name, block))
+            self.add_module(f"stage{number}", nn.Sequential(OrderedDict(modules)))
+            self.stage_names.append(f"stage{number}")
             cin = co
         self.out_features = out_features
         self.frozen_stages = frozen_stages
@@ -92,16 +115,16 @@ class VoVNet(BaseModule):
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         x = self.stem(x)
         outputs = []
-        for name, stage in self.stages.items():
-            x = stage(x)
+        for name in self.stage_names:
+            x = getattr(self, name)(x)
             if name in self.out_features:
                 outputs.append(x)
         return tuple(outputs)
 
-    def train(self, mode: bool = True) -> VoVNet:
+    def train(self, mode: bool = True) -> CmtVoVNet:
         super().train(mode)
-        modules = [self.stem, *list(self.stages.values())][: self.frozen_stages + 1]
-        for module in modules:
+        stages = [self.stem, *(getattr(self, n) for n in self.stage_names)]
+        for module in stages[: self.frozen_stages + 1]:
             module.eval()
             for param in module.parameters():
                 param.requires_grad = False

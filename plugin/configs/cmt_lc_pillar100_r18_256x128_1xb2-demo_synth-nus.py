@@ -11,7 +11,7 @@ class_names = [
 ]
 metainfo = dict(classes=class_names)
 point_cloud_range = [-32.0, -32.0, -5.0, 32.0, 32.0, 3.0]
-position_range = [-40.0, -40.0, -8.0, 40.0, 40.0, 8.0]
+post_center_range = [-40.0, -40.0, -8.0, 40.0, 40.0, 8.0]
 voxel_size = [1.0, 1.0, 8.0]  # pillars: a 64 x 64 BEV map
 image_size = (128, 256)  # (H, W) fed to the image backbone
 resize_lim = (0.75, 0.85)  # from the generated 320x180 images
@@ -50,21 +50,24 @@ model = dict(
     img_backbone=dict(
         type='mmdet.ResNet', depth=18, num_stages=4, out_indices=(2, 3), frozen_stages=-1,
         norm_cfg=dict(type='BN2d', requires_grad=True), norm_eval=False, style='pytorch'),
-    img_neck=dict(type='CPFPN', in_channels=[256, 512], out_channels=embed_dims),
+    img_neck=dict(type='CmtCPFPN', in_channels=[256, 512], out_channels=embed_dims),
     pts_bbox_head=dict(
         type='CmtHead',
         in_channels=128,
         point_cloud_range=point_cloud_range,
-        position_range=position_range,
         num_classes=len(class_names),
         embed_dims=embed_dims,
         num_query=200,
         depth_num=32,
-        decoder=dict(type='CmtTransformerDecoder', num_layers=3, embed_dims=embed_dims,
-                     num_heads=4, ffn_dims=512, dropout=0.0),
-        bbox_coder=dict(type='CmtBBoxCoder', post_center_range=position_range,
+        transformer=dict(
+            type='CmtTransformer',
+            decoder=dict(type='CmtTransformerDecoder', num_layers=3, embed_dims=embed_dims,
+                         num_heads=4, ffn_dims=512, dropout=0.0, self_attn_drop=0.0,
+                         ffn_drop=0.0)),
+        separate_head=dict(head_conv=64, final_kernel=1, init_bias=-2.19),
+        bbox_coder=dict(type='CmtBBoxCoder', post_center_range=post_center_range,
                         max_num=100, num_classes=len(class_names)),
-        assigner=dict(type='HungarianAssigner3D', cls_weight=2.0, reg_weight=0.25),
+        assigner=dict(type='CmtHungarianAssigner3D', cls_weight=2.0, reg_weight=0.25),
         code_weights=[2.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2],
         loss_cls_weight=2.0,
         loss_bbox_weight=0.25,
@@ -79,15 +82,15 @@ train_pipeline = [
     dict(type='LoadMultiViewImageFromFiles', to_float32=False, num_views=6,
          backend_args=backend_args),
     dict(type='LoadAnnotations3D', with_bbox_3d=True, with_label_3d=True, with_attr_label=False),
-    dict(type='GlobalRotScaleTransFusion', rot_range=[-0.3925, 0.3925],
+    dict(type='CmtGlobalRotScaleTrans', rot_range=[-0.3925, 0.3925],
          scale_ratio_range=[0.95, 1.05], translation_std=[0, 0, 0]),
-    dict(type='BEVFlipFusion', flip_ratio_horizontal=0.5, flip_ratio_vertical=0.5),
+    dict(type='CmtBEVFlip', flip_ratio_horizontal=0.5, flip_ratio_vertical=0.5),
     dict(type='PointsRangeFilter', point_cloud_range=point_cloud_range),
     dict(type='ObjectRangeFilter', point_cloud_range=point_cloud_range),
     dict(type='ObjectNameFilter', classes=class_names),
-    dict(type='ImageAugFusion', final_size=image_size, resize_lim=resize_lim, flip=True,
+    dict(type='CmtImageAug', final_size=image_size, resize_lim=resize_lim, flip=True,
          training=True),
-    dict(type='ComposeLidar2Img'),
+    dict(type='CmtComposeLidar2Img'),
     dict(type='PointShuffle'),
     dict(type='Pack3DDetInputs', keys=['points', 'img', 'gt_bboxes_3d', 'gt_labels_3d']),
 ]
@@ -99,8 +102,8 @@ test_pipeline = [
     dict(type='LoadMultiViewImageFromFiles', to_float32=False, num_views=6,
          backend_args=backend_args),
     dict(type='PointsRangeFilter', point_cloud_range=point_cloud_range),
-    dict(type='ImageAugFusion', final_size=image_size, resize_lim=resize_lim, training=False),
-    dict(type='ComposeLidar2Img'),
+    dict(type='CmtImageAug', final_size=image_size, resize_lim=resize_lim, training=False),
+    dict(type='CmtComposeLidar2Img'),
     dict(type='Pack3DDetInputs', keys=['points', 'img']),
 ]
 

@@ -3,16 +3,17 @@
 _base_ = ['./cmt_lc_voxel0100_r50_800x320_8xb2-cyclic-20e_nus-3d.py']
 
 point_cloud_range = [-54.0, -54.0, -5.0, 54.0, 54.0, 3.0]  # 1440 x 1440 voxels -> BEV 180 x 180
+voxel_range = point_cloud_range
 voxel_size = [0.075, 0.075, 0.2]
 image_size = (640, 1600)
 resize_lim = (0.94, 1.25)
 
 model = dict(
     data_preprocessor=dict(
-        voxel_layer=dict(voxel_size=voxel_size, point_cloud_range=point_cloud_range)),
+        voxel_layer=dict(voxel_size=voxel_size, point_cloud_range=voxel_range)),
     pts_middle_encoder=dict(sparse_shape=[41, 1440, 1440]),
     img_backbone=dict(
-        _delete_=True, type='VoVNet', spec_name='V-99-eSE', out_features=('stage4', 'stage5'),
+        _delete_=True, type='CmtVoVNet', spec_name='V-99-eSE', out_features=('stage4', 'stage5'),
         norm_eval=True, frozen_stages=-1),
     img_neck=dict(in_channels=[768, 1024]),
     pts_bbox_head=dict(point_cloud_range=point_cloud_range))
@@ -29,16 +30,16 @@ train_pipeline = [
     dict(type='LoadMultiViewImageFromFiles', to_float32=False, num_views=6,
          backend_args=backend_args),
     dict(type='LoadAnnotations3D', with_bbox_3d=True, with_label_3d=True, with_attr_label=False),
-    dict(type='GlobalRotScaleTransFusion', rot_range=[-0.3925, 0.3925],
+    dict(type='CmtGlobalRotScaleTrans', rot_range=[-0.3925, 0.3925],
          scale_ratio_range=[0.95, 1.05], translation_std=[0, 0, 0]),
-    dict(type='BEVFlipFusion', flip_ratio_horizontal=0.5, flip_ratio_vertical=0.5),
+    dict(type='CmtBEVFlip', flip_ratio_horizontal=0.5, flip_ratio_vertical=0.5),
     dict(type='PointsRangeFilter', point_cloud_range=point_cloud_range),
     dict(type='ObjectRangeFilter', point_cloud_range=point_cloud_range),
     dict(type='ObjectNameFilter', classes=class_names),
-    dict(type='ImageAugFusion', final_size=image_size, resize_lim=resize_lim, flip=True,
+    dict(type='CmtImageAug', final_size=image_size, resize_lim=resize_lim, flip=True,
          training=True),
-    dict(type='ModalityMask', camera_prob=0.0, lidar_prob=0.0),
-    dict(type='ComposeLidar2Img'),
+    dict(type='CmtModalityMask', camera_prob=0.0, lidar_prob=0.0),
+    dict(type='CmtComposeLidar2Img'),
     dict(type='PointShuffle'),
     dict(type='Pack3DDetInputs', keys=['points', 'img', 'gt_bboxes_3d', 'gt_labels_3d']),
 ]
@@ -50,8 +51,8 @@ test_pipeline = [
     dict(type='LoadMultiViewImageFromFiles', to_float32=False, num_views=6,
          backend_args=backend_args),
     dict(type='PointsRangeFilter', point_cloud_range=point_cloud_range),
-    dict(type='ImageAugFusion', final_size=image_size, resize_lim=resize_lim, training=False),
-    dict(type='ComposeLidar2Img'),
+    dict(type='CmtImageAug', final_size=image_size, resize_lim=resize_lim, training=False),
+    dict(type='CmtComposeLidar2Img'),
     dict(type='Pack3DDetInputs', keys=['points', 'img']),
 ]
 

@@ -9,8 +9,12 @@ class_names = [
     'motorcycle', 'bicycle', 'pedestrian', 'traffic_cone'
 ]
 metainfo = dict(classes=class_names)
-point_cloud_range = [-51.2, -51.2, -5.0, 51.2, 51.2, 3.0]  # 1024 x 1024 voxels -> BEV 128 x 128
-position_range = [-61.2, -61.2, -10.0, 61.2, 61.2, 10.0]
+# CMT's range: the head normalizes positions and decodes boxes in it. Its sparse grid is
+# 1024 x 1024 voxels (BEV 128 x 128), which covers -54 m .. 48.4 m: the voxelizer keeps
+# what fits that grid (see docs/fidelity.md).
+point_cloud_range = [-54.0, -54.0, -5.0, 54.0, 54.0, 3.0]
+voxel_range = [-54.0, -54.0, -5.0, 48.4, 48.4, 3.0]
+post_center_range = [-61.2, -61.2, -10.0, 61.2, 61.2, 10.0]
 voxel_size = [0.1, 0.1, 0.2]
 image_size = (320, 800)  # (H, W) fed to the image backbone
 resize_lim = (0.47, 0.625)  # from the 1600x900 originals
@@ -25,12 +29,13 @@ camera_prefixes = dict(
 
 model = dict(
     type='CmtDetector',
+    use_grid_mask=True,
     data_preprocessor=dict(
         type='Det3DDataPreprocessor',
         mean=[103.530, 116.280, 123.675], std=[57.375, 57.120, 58.395],
         bgr_to_rgb=False, pad_size_divisor=32,
         voxel=True, voxel_type='hard',
-        voxel_layer=dict(max_num_points=10, point_cloud_range=point_cloud_range,
+        voxel_layer=dict(max_num_points=10, point_cloud_range=voxel_range,
                          voxel_size=voxel_size, max_voxels=(120000, 160000))),
     pts_voxel_encoder=dict(type='HardSimpleVFE', num_features=5),
     pts_middle_encoder=dict(
@@ -51,21 +56,24 @@ model = dict(
         type='mmdet.ResNet', depth=50, num_stages=4, out_indices=(2, 3), frozen_stages=-1,
         norm_cfg=dict(type='BN2d', requires_grad=False), norm_eval=True, style='caffe',
         with_cp=True),
-    img_neck=dict(type='CPFPN', in_channels=[1024, 2048], out_channels=256),
+    img_neck=dict(type='CmtCPFPN', in_channels=[1024, 2048], out_channels=256),
     pts_bbox_head=dict(
         type='CmtHead',
         in_channels=512,
         point_cloud_range=point_cloud_range,
-        position_range=position_range,
         num_classes=len(class_names),
         embed_dims=256,
         num_query=900,
         depth_num=64,
-        decoder=dict(type='CmtTransformerDecoder', num_layers=6, embed_dims=256,
-                     num_heads=8, ffn_dims=1024, dropout=0.1),
-        bbox_coder=dict(type='CmtBBoxCoder', post_center_range=position_range,
+        transformer=dict(
+            type='CmtTransformer',
+            decoder=dict(type='CmtTransformerDecoder', num_layers=6, embed_dims=256,
+                         num_heads=8, ffn_dims=1024, dropout=0.1, self_attn_drop=0.1,
+                         ffn_drop=0.0)),
+        separate_head=dict(head_conv=64, final_kernel=1, init_bias=-2.19),
+        bbox_coder=dict(type='CmtBBoxCoder', post_center_range=post_center_range,
                         max_num=300, num_classes=len(class_names)),
-        assigner=dict(type='HungarianAssigner3D', cls_weight=2.0, reg_weight=0.25),
+        assigner=dict(type='CmtHungarianAssigner3D', cls_weight=2.0, reg_weight=0.25),
         code_weights=[2.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2],
         loss_cls_weight=2.0,
         loss_bbox_weight=0.25,
@@ -80,16 +88,16 @@ train_pipeline = [
     dict(type='LoadMultiViewImageFromFiles', to_float32=False, num_views=6,
          backend_args=backend_args),
     dict(type='LoadAnnotations3D', with_bbox_3d=True, with_label_3d=True, with_attr_label=False),
-    dict(type='GlobalRotScaleTransFusion', rot_range=[-0.3925, 0.3925],
+    dict(type='CmtGlobalRotScaleTrans', rot_range=[-0.3925, 0.3925],
          scale_ratio_range=[0.95, 1.05], translation_std=[0, 0, 0]),
-    dict(type='BEVFlipFusion', flip_ratio_horizontal=0.5, flip_ratio_vertical=0.5),
+    dict(type='CmtBEVFlip', flip_ratio_horizontal=0.5, flip_ratio_vertical=0.5),
     dict(type='PointsRangeFilter', point_cloud_range=point_cloud_range),
     dict(type='ObjectRangeFilter', point_cloud_range=point_cloud_range),
     dict(type='ObjectNameFilter', classes=class_names),
-    dict(type='ImageAugFusion', final_size=image_size, resize_lim=resize_lim, flip=True,
+    dict(type='CmtImageAug', final_size=image_size, resize_lim=resize_lim, flip=True,
          training=True),
-    dict(type='ModalityMask', camera_prob=0.0, lidar_prob=0.0),
-    dict(type='ComposeLidar2Img'),
+    dict(type='CmtModalityMask', camera_prob=0.0, lidar_prob=0.0),
+    dict(type='CmtComposeLidar2Img'),
     dict(type='PointShuffle'),
     dict(type='Pack3DDetInputs', keys=['points', 'img', 'gt_bboxes_3d', 'gt_labels_3d']),
 ]
@@ -101,8 +109,8 @@ test_pipeline = [
     dict(type='LoadMultiViewImageFromFiles', to_float32=False, num_views=6,
          backend_args=backend_args),
     dict(type='PointsRangeFilter', point_cloud_range=point_cloud_range),
-    dict(type='ImageAugFusion', final_size=image_size, resize_lim=resize_lim, training=False),
-    dict(type='ComposeLidar2Img'),
+    dict(type='CmtImageAug', final_size=image_size, resize_lim=resize_lim, training=False),
+    dict(type='CmtComposeLidar2Img'),
     dict(type='Pack3DDetInputs', keys=['points', 'img']),
 ]
 
