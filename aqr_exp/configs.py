@@ -250,6 +250,15 @@ def train_length(cfg: Config) -> tuple[str, int] | None:
     return None
 
 
+def final_checkpoint(cfg: Config) -> Path:
+    """The checkpoint mmengine's CheckpointHook writes at the end of training."""
+    length = train_length(cfg)
+    if length is None:
+        raise AqrError(f"{cfg.filename}: train_cfg has neither max_epochs nor max_iters")
+    unit, count = length
+    return Path(cfg.work_dir) / f"{unit}_{count}.pth"
+
+
 def config_hash(cfg: Config) -> str:
     """A short content hash of a loaded config (its `_base_` files included)."""
     text = json.dumps(cfg.to_dict(), sort_keys=True, default=repr)

@@ -50,6 +50,7 @@ class Run:
     data_root: Path
     run_dir: Path  # results/<study>/runs/<run_id>/
     work_dir: Path  # work_dirs/<study>/<run_id>/
+    parent: Run | None = None  # warm start: trains from this run's final checkpoint
 
     @property
     def label(self) -> str:
@@ -103,6 +104,7 @@ def make_run_id(
     seed: int,
     config_hash: str,
     data_root: Path,
+    init_from: str | None = None,
 ) -> str:
     """`<variant>[-<param>=<value>]-s<seed>-<hash of the content>`."""
     content = {
@@ -112,10 +114,26 @@ def make_run_id(
         "config": config_hash,
         "data_root": _display_path(data_root),
     }
+    if init_from is not None:
+        content["init_from"] = init_from
     digest = hashlib.sha256(json.dumps(content, sort_keys=True, default=repr).encode()).hexdigest()
     slug = variant if sweep is None else f"{variant}-{sweep.param}={sweep.value}"
     slug = re.sub(r"[^A-Za-z0-9._=+-]+", "_", f"{slug}-s{seed}")[:80]
     return f"{slug}-{digest[:8]}"
+
+
+def with_parents(runs: Sequence[Run]) -> list[Run]:
+    """Each run once, every warm-start parent before its children."""
+    ordered: dict[str, Run] = {}
+
+    def add(run: Run) -> None:
+        if run.parent is not None:
+            add(run.parent)
+        ordered.setdefault(run.run_id, run)
+
+    for run in runs:
+        add(run)
+    return list(ordered.values())
 
 
 class _Builder:
@@ -172,13 +190,21 @@ class _Builder:
             overrides[sweep.key] = configs.get_key(cfg, sweep.key)
         where = f"variant {variant.name}" if sweep is None else f"sweep {sweep.param}={sweep.value}"
         configs.check_aqr_windows(cfg, where)
-        run_id = make_run_id(variant.name, sweep, overrides, seed, source_hash, self.data_root)
+        parent = None
+        if variant.init_from is not None:
+            parent = self.run(self.spec.variant(variant.init_from), seed)
+        run_id = make_run_id(
+            variant.name, sweep, overrides, seed, source_hash, self.data_root,
+            init_from=parent.run_id if parent else None,
+        )  # fmt: skip
         work_dir = self.target.work_root.resolve() / self.study / run_id
         configs.set_data_root(cfg, self.data_root)
         configs.set_seed(cfg, seed)
         if self.spec.checkpoint_interval is not None:
             configs.set_checkpoint_interval(cfg, self.spec.checkpoint_interval)
         cfg.work_dir = str(work_dir)
+        if parent is not None:
+            cfg.load_from = str(configs.final_checkpoint(parent.cfg))
         return Run(
             run_id=run_id,
             study=self.study,
@@ -191,11 +217,12 @@ class _Builder:
             data_root=self.data_root,
             run_dir=self.target.results_root.resolve() / self.study / RUNS_DIR / run_id,
             work_dir=work_dir,
+            parent=parent,
         )
 
     def plan(self, runs: list[Run], title: str) -> Plan:
         baseline = self.run(self.spec.variant(self.spec.baseline), self.seeds[0])
-        unique = list({run.run_id: run for run in runs}.values())
+        unique = with_parents(runs)
         return Plan(
             spec=self.spec,
             study=self.study,

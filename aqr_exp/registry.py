@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from aqr_exp import configs, paths
+from aqr_exp.errors import AqrError
 from aqr_exp.files import write_atomic
 from aqr_exp.launch import slurmctl
 from aqr_exp.launch.base import FINAL_STATES, TrainJob
@@ -80,6 +81,7 @@ class RunRecord:
     launcher: dict[str, Any] | None = None
     git_commit: str | None = None
     data_root: str = ""
+    init_from: str | None = None  # the run whose final checkpoint this one started from
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(_plain(dataclasses.asdict(self)), sort_keys=False, allow_unicode=True)
@@ -289,6 +291,11 @@ def prepare(plan: Plan, run: Run, fresh: bool) -> TrainJob:
     `fresh` (--force) deletes the work dir first, so nothing is resumed and
     the logs of the earlier attempt do not mix with the new ones.
     """
+    if run.parent is not None and not Path(run.cfg.load_from).is_file():
+        raise AqrError(
+            f"{run.run_id} starts from {run.parent.run_id}, whose final checkpoint "
+            f"{run.cfg.load_from} is missing: rerun that run (--force) first"
+        )
     run.run_dir.mkdir(parents=True, exist_ok=True)
     reconcile(run.run_dir)  # a run whose process died is interrupted, not running
     if fresh and run.work_dir.exists():
@@ -305,6 +312,7 @@ def prepare(plan: Plan, run: Run, fresh: bool) -> TrainJob:
         work_dir=str(run.work_dir),
         git_commit=git_commit(),
         data_root=str(plan.data_root),
+        init_from=run.parent.run_id if run.parent else None,
     )
     with _locked(run.run_dir):
         previous = read(run.run_dir)
@@ -333,7 +341,7 @@ class Step:
     """What starting a plan does to one run."""
 
     run: Run
-    action: str  # start | resume | rerun | skip
+    action: str  # start | resume | rerun | skip | wait (for its warm-start parent)
     note: str = ""
 
 
@@ -341,31 +349,57 @@ def _has_checkpoint(work_dir: Path) -> bool:
     return (work_dir / "last_checkpoint").is_file()
 
 
-def decide(plan: Plan, force: bool = False, retry_failed: bool = False) -> list[Step]:
-    """Per run: start it, resume it, rerun it from scratch, or skip it (read-only).
+def _status(run: Run) -> tuple[str | None, str | None]:
+    record = read(run.run_dir)
+    return observe(record) if record else (None, None)
+
+
+def decide(
+    plan: Plan,
+    force: bool = False,
+    retry_failed: bool = False,
+    only: set[str] | None = None,
+) -> list[Step]:
+    """Per run: start it, resume it, rerun it from scratch, skip it (read-only), or
+    wait until its warm-start parent is done.
 
     Finished runs are skipped, interrupted/cancelled ones resumed from their
     last checkpoint, failed ones retried only on request; `force` reruns all
-    but the ones still running.
+    but the ones still running. `only`: decide for these run ids alone (the
+    others are taken as settled).
     """
-    steps = []
+    steps, starting = [], set()
     for run in plan.runs:
-        record = read(run.run_dir)
-        status, reason = observe(record) if record else (None, None)
-        resume = "resume" if _has_checkpoint(run.work_dir) else "start"
-        if status in ACTIVE:
-            where = describe_launch(record.launcher if record else None)
-            steps.append(Step(run, "skip", f"{status} ({where}); `aqr-exp cancel` stops it"))
-        elif force and status is not None:
-            steps.append(Step(run, "rerun", f"was {status}; --force starts it from scratch"))
-        elif status == "done":
-            steps.append(Step(run, "skip", "done"))
-        elif status == "failed" and not retry_failed:
-            steps.append(Step(run, "skip", f"failed: {reason}; --retry-failed retries it"))
-        else:
-            note = {None: "new", "planned": "planned earlier"}.get(status, f"was {status}")
-            steps.append(Step(run, resume, note))
+        if only is not None and run.run_id not in only:
+            continue
+        step = _decide_one(run, force, retry_failed)
+        parent = run.parent
+        if parent is not None and step.action != "skip":
+            parent_status, _ = _status(parent)
+            if parent.run_id in starting or parent_status != "done":
+                state = "starting now" if parent.run_id in starting else parent_status or "new"
+                step = Step(run, "wait", f"starts once {parent.run_id} is done ({state})")
+        if step.action not in ("skip", "wait"):
+            starting.add(run.run_id)
+        steps.append(step)
     return steps
+
+
+def _decide_one(run: Run, force: bool, retry_failed: bool) -> Step:
+    record = read(run.run_dir)
+    status, reason = observe(record) if record else (None, None)
+    resume = "resume" if _has_checkpoint(run.work_dir) else "start"
+    if status in ACTIVE:
+        where = describe_launch(record.launcher if record else None)
+        return Step(run, "skip", f"{status} ({where}); `aqr-exp cancel` stops it")
+    if force and status is not None:
+        return Step(run, "rerun", f"was {status}; --force starts it from scratch")
+    if status == "done":
+        return Step(run, "skip", "done")
+    if status == "failed" and not retry_failed:
+        return Step(run, "skip", f"failed: {reason}; --retry-failed retries it")
+    note = {None: "new", "planned": "planned earlier"}.get(status, f"was {status}")
+    return Step(run, resume, note)
 
 
 def describe_launch(launcher: dict[str, Any] | None) -> str:

@@ -43,6 +43,8 @@ class Variant:
     # `cmt-aqr-new` → the file `cmt-aqr-new_<profile config name after "cmt_">`
     config_prefix: str | None
     overrides: Mapping[str, Any]
+    # Warm start: train from the final checkpoint of this variant's run (same seed).
+    init_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -291,14 +293,35 @@ def _overrides(reader: _Reader) -> dict[str, Any]:
 def _variants(reader: _Reader) -> dict[str, Variant]:
     variants = {}
     for name in reader.data:
-        entry = reader.sub(str(name)).only("description", "config_prefix", "overrides")
+        entry = reader.sub(str(name)).only("description", "config_prefix", "overrides", "init_from")
         variants[str(name)] = Variant(
             name=str(name),
             description=entry.get("description", str, ""),
             config_prefix=entry.get("config_prefix", str, None, nullable=True),
             overrides=_overrides(entry.sub("overrides")),
+            init_from=entry.get("init_from", str, None, nullable=True),
         )
+    for name, variant in variants.items():
+        _check_init_chain(reader.sub(name), variant, variants)
     return variants
+
+
+def _check_init_chain(reader: _Reader, variant: Variant, variants: Mapping[str, Variant]) -> None:
+    """`init_from` names another variant, and following it never comes back."""
+    if variant.init_from is None:
+        return
+    if variant.init_from not in variants:
+        raise reader.error(
+            "init_from", _unknown("variant", variant.init_from, list(variants), reader.path)
+        )
+    chain = [variant.name]
+    parent: str | None = variant.init_from
+    while parent is not None:
+        if parent in chain:
+            cycle = " → ".join([*chain, parent])
+            raise reader.error("init_from", f"warm starts form a cycle: {cycle}")
+        chain.append(parent)
+        parent = variants[parent].init_from
 
 
 def _sweeps(reader: _Reader, variants: Mapping[str, Variant]) -> dict[str, Sweep]:

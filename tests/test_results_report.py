@@ -57,6 +57,7 @@ def _write_run(root: Path, variant: str, window: int | None, seed: int, m: float
         "command": f"aqr-exp train cfg.py --seed {seed}",
         "git_commit": "abc1234def567890",
         "data_root": "data/synth-nus",
+        "init_from": f"baseline-s{seed}" if window else None,
     }
     (run_dir / "run.yaml").write_text(yaml.safe_dump(record))
     aqr = f"dict(type='new', window_size={window}, bias_scale=1.0)" if window else "None"
@@ -146,7 +147,8 @@ def test_config_diffs_and_provenance(root: Path) -> None:
     diffs = text.split("## Configuration differences")[1].split("## Provenance")[0]
     assert "-randomness" not in diffs and "+randomness" not in diffs  # same seed paired
     provenance = text.split("## Provenance")[1]
-    assert "| aqr-new-w8-s1 | aqr-new (window_size=8) | 1 | done |" in provenance
+    assert "| aqr-new-w8-s1 | aqr-new (window_size=8) | 1 | done | baseline-s1 |" in provenance
+    assert "| baseline-s0 | baseline | 0 | done | — |" in provenance
     assert "val epoch 2 (20240101_000000/vis_data/scalars.json)" in provenance
     assert "last: epoch_2.pth | abc1234def56 | data/synth-nus |" in provenance
     assert "aqr-new-w8-s1: aqr-exp train cfg.py --seed 1" in provenance

@@ -420,6 +420,16 @@ def _submitted(plan: Plan, handles: Sequence[RunHandle]) -> None:
     )
 
 
+def _waiting_note(steps: Sequence[registry.Step]) -> None:
+    waiting = [step for step in steps if step.action == "wait"]
+    if waiting:
+        typer.echo(
+            f"\n{len(waiting)} run(s) wait for their warm-start parent "
+            f"({', '.join(sorted({step.run.parent.run_id for step in waiting}))}): "
+            "run the same command again once it is done."
+        )
+
+
 def _execute(plan: Plan, how: _Launch, by: str | None = None) -> None:
     steps = registry.decide(plan, force=how.force, retry_failed=how.retry_failed)
     launcher = make_launcher(how.settings, plan.study)
@@ -431,9 +441,11 @@ def _execute(plan: Plan, how: _Launch, by: str | None = None) -> None:
         return
     if todo and plan.generate_data:
         _generate_data(plan)
-    jobs = [registry.prepare(plan, step.run, fresh=step.action == "rerun") for step in todo]
+    ready = [step for step in todo if step.action != "wait"]
+    jobs = [registry.prepare(plan, step.run, fresh=step.action == "rerun") for step in ready]
     if jobs and not launcher.runs_here:
         _submitted(plan, launcher.submit_all(jobs))
+        _waiting_note(todo)
         return
     if jobs and how.detach:
         assert isinstance(launcher, LocalLauncher)
@@ -446,11 +458,20 @@ def _execute(plan: Plan, how: _Launch, by: str | None = None) -> None:
             f"Follow with: aqr-exp status --study {plan.study} "
             f"--results-root {plan.study_dir.parent}"
         )
+        _waiting_note(todo)
         return
-    if jobs:
+    waiting = {step.run.run_id for step in todo if step.action == "wait"}
+    while jobs:
         typer.echo("")
         with _View() as view:
             run_all(launcher, jobs, on_tick=view.tick)
+        if not waiting:
+            break
+        # Warm starts: the runs whose parents have just finished go next.
+        later = registry.decide(plan, how.force, how.retry_failed, only=waiting)
+        ready = [step for step in later if step.action != "wait"]
+        waiting = {step.run.run_id for step in later if step.action == "wait"}
+        jobs = [registry.prepare(plan, step.run, fresh=step.action == "rerun") for step in ready]
     all_done = _print_outcome(plan)
     _report(plan, by)
     if not all_done:

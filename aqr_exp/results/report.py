@@ -263,8 +263,9 @@ def _cell(text: object) -> str:
 
 def _provenance(comparison: Comparison) -> str:
     header = (
-        "| run | row | seed | status | numbers from | checkpoint | git commit | data root |\n"
-        "|---|---|---|---|---|---|---|---|"
+        "| run | row | seed | status | warm start from | numbers from | checkpoint | git commit "
+        "| data root |\n"
+        "|---|---|---|---|---|---|---|---|---|"
     )
     rows, commands = [], []
     for group in comparison.groups:
@@ -276,6 +277,7 @@ def _provenance(comparison: Comparison) -> str:
                 group.label,
                 run.field("seed"),
                 record.get("status", "—"),
+                record.get("init_from") or "—",
                 numbers_from(run),
                 checkpoint_of(run),
                 commit,
