@@ -335,3 +335,44 @@ def test_grid_mask_keeps_the_stripes_and_only_acts_in_training() -> None:
     masked = grid(images)
     assert (masked == 0).any() and (masked == 1).any()
     assert torch.equal(masked[0], masked[1])  # one grid for the whole batch
+
+
+def test_local_attention_init_shares_query_and_key_projections_and_scales_positions() -> None:
+    torch.manual_seed(0)
+    cmt = small_head()
+    torch.manual_seed(0)
+    local = small_head(local_attention_init=4.0)
+    for embedding in ("bev_embedding", "rv_embedding"):
+        plain, scaled = getattr(cmt, embedding)[-1], getattr(local, embedding)[-1]
+        assert torch.allclose(scaled.weight, 4.0 * plain.weight)
+        assert torch.equal(getattr(cmt, embedding)[0].weight, getattr(local, embedding)[0].weight)
+    for layer_cmt, layer in zip(
+        cmt.transformer.decoder.layers, local.transformer.decoder.layers, strict=True
+    ):
+        w_q, w_k, w_v = layer.attentions[1].attn.in_proj_weight.chunk(3)
+        assert torch.equal(w_q, w_k)
+        assert torch.allclose(w_q.T @ w_k, torch.eye(32), atol=1e-5)
+        assert torch.equal(w_v, layer_cmt.attentions[1].attn.in_proj_weight.chunk(3)[2])
+        # the self-attention keeps CMT's init
+        assert not torch.equal(*layer.attentions[0].attn.in_proj_weight.chunk(3)[:2])
+
+
+def test_pos_scale_multiplies_the_coordinates_of_the_sine_embedding() -> None:
+    pos = torch.rand(5, 2)
+    assert torch.allclose(sine_embedding(pos, 16, 8.0), sine_embedding(pos * 8.0, 16), atol=1e-5)
+    head = small_head(pos_scale=8.0)
+    ref = torch.rand(1, 3, 3)
+    ctx = SceneContext(
+        lidar2img=torch.as_tensor(_lidar2img(6, 160, 64), dtype=torch.float32)[None],
+        image_size=(64, 160),
+        bev_size=(8, 8),
+        cam_size=(4, 10),
+    )
+    pixels, _ = head.project_to_images(ref, ctx)
+    unseen = torch.zeros(1, 6, 3, dtype=torch.bool)  # no camera term: the BEV part alone
+    with torch.no_grad():
+        got = head.query_positions(ref, ctx, pixels, unseen)
+        expected = head.bev_embedding(sine_embedding(ref * 8.0, 32))
+        cmt = head.bev_embedding(sine_embedding(ref, 32))
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert not torch.allclose(got, cmt, atol=1e-3)

@@ -69,6 +69,12 @@ class CmtHead(BaseModule):
     normalizer (CMT: num_pos + 0.1 num_neg). `pos_scale` multiplies the normalized
     coordinates of the BEV / query sine embedding (1.0 = CMT; the CPU demo, which
     trains for minutes, uses more periods so that attention can become local fast).
+    `local_attention_init` (None = CMT's init; the demo's choice, see docs/demo.md):
+    a gain g for the output layers of the position-embedding MLPs, and the
+    cross-attention's query and key projections start equal (orthogonal), so that
+    at init the position term of the logits, g² · p_q · p_k, outweighs the content
+    term and each query attends mostly near its reference point. It changes the
+    init only; the parameters are CMT's.
     """
 
     def __init__(
@@ -80,6 +86,7 @@ class CmtHead(BaseModule):
         num_query: int = 900,
         depth_num: int = 64,
         pos_scale: float = 1.0,
+        local_attention_init: float | None = None,
         transformer: dict | None = None,
         separate_head: dict | None = None,
         bbox_coder: dict | None = None,
@@ -105,6 +112,7 @@ class CmtHead(BaseModule):
         self.num_query = num_query
         self.depth_num = depth_num
         self.pos_scale = pos_scale
+        self.local_attention_init = local_attention_init
         self.register_buffer(
             "pc_range", torch.tensor(point_cloud_range, dtype=torch.float32), persistent=False
         )
@@ -164,6 +172,20 @@ class CmtHead(BaseModule):
     def init_weights(self) -> None:
         super().init_weights()
         nn.init.uniform_(self.reference_points.weight, 0, 1)
+        if self.local_attention_init is not None:
+            self._init_local_attention(self.local_attention_init)
+
+    @torch.no_grad()
+    def _init_local_attention(self, gain: float) -> None:
+        for embedding in (self.bev_embedding, self.rv_embedding):
+            embedding[-1].weight.mul_(gain)
+            embedding[-1].bias.mul_(gain)
+        for layer in self.transformer.decoder.layers:
+            weight = layer.attentions[1].attn.in_proj_weight
+            dims = weight.shape[1]
+            shared = nn.init.orthogonal_(torch.empty(dims, dims, dtype=weight.dtype))
+            weight[:dims] = shared
+            weight[dims : 2 * dims] = shared
 
     # ------------------------------------------------------------------ geometry
     def _camera_positions(self, ctx: SceneContext) -> Tensor:

@@ -59,6 +59,10 @@ model = dict(
         embed_dims=embed_dims,
         num_query=200,
         depth_num=32,
+        # Demo-only (docs/demo.md): more sine periods over the map and an init whose
+        # cross-attention starts local; the full-scale configs keep CMT's 1.0 / None.
+        pos_scale=8.0,
+        local_attention_init=8.0,
         transformer=dict(
             type='CmtTransformer',
             decoder=dict(type='CmtTransformerDecoder', num_layers=3, embed_dims=embed_dims,
@@ -144,6 +148,10 @@ max_epochs = 2
 optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=lr, weight_decay=0.01),
+    # As CMT's recipe, the image branch learns slower; here it also keeps its tokens
+    # from growing into attention sinks (docs/demo.md).
+    paramwise_cfg=dict(custom_keys={
+        'img_backbone': dict(lr_mult=0.1), 'img_neck': dict(lr_mult=0.1)}),
     clip_grad=dict(max_norm=35, norm_type=2))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=50),
