@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -188,3 +189,22 @@ def test_status_marks_a_run_of_a_vanished_pool_interrupted(tmp_path: Path) -> No
     status = cli("status", "--results-root", tmp_path / "results")
     assert "interrupted" in status.stdout and "is gone" in status.stdout
     assert registry.read(run_dir).status == "interrupted"
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="PYTHONSAFEPATH needs Python >= 3.11")
+def test_training_runs_the_installed_code_not_an_aqr_exp_folder_in_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoy = tmp_path / "cwd" / "aqr_exp"
+    decoy.mkdir(parents=True)
+    marker = tmp_path / "decoy-ran"
+    (decoy / "__init__.py").write_text("")
+    (decoy / "train.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.chdir(decoy.parent)
+    result = cli("run", "baseline", *toy_args(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert not marker.exists()
+    (record,) = _records(tmp_path).values()
+    assert record.status == "done"
+    work_log = (Path(record.work_dir) / "train.log").read_text()
+    assert "Epoch(train)" in work_log

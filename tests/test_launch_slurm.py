@@ -94,7 +94,8 @@ def test_sbatch_directives_of_a_multi_node_multi_gpu_run(tmp_path: Path) -> None
         assert expected in sbatch, (expected, sbatch)
     assert not any(option.startswith("--array") for option in sbatch)
     assert lines[-1] == (
-        f"exec {sys.executable} -m aqr_exp.launch.slurm_job '{tmp_path / 'run dir'}'"
+        f"exec env PYTHONSAFEPATH=1 {sys.executable} -m aqr_exp.launch.slurm_job "
+        f"'{tmp_path / 'run dir'}'"
     )
     # 2 nodes x 8 GPUs: 16 tasks through srun and mmengine's slurm launcher.
     command = training_command(job, tasks=16)

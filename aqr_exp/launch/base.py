@@ -21,6 +21,10 @@ FINAL_STATES = frozenset({"done", "failed", "interrupted", "cancelled"})
 LOG_NAME = "train.log"  # stdout + stderr of every attempt, in the work dir
 # The training entry's side of the contract: how it says a run hit a NaN/inf loss.
 EXIT_NONFINITE = 3
+# Training and pool subprocesses must import the aqr_exp that launched them, not an
+# `aqr_exp/` folder in their working directory: Python >= 3.11 leaves the working
+# directory off sys.path when this is set (`python -m` would put it first).
+SAFE_PATH_ENV = {"PYTHONSAFEPATH": "1"}
 NONFINITE_MARK = "Non-finite loss"
 
 

@@ -30,6 +30,7 @@ from typing import IO, Any
 from aqr_exp import registry
 from aqr_exp.errors import AqrError
 from aqr_exp.launch.base import (
+    SAFE_PATH_ENV,
     Launcher,
     RunHandle,
     TrainJob,
@@ -160,7 +161,8 @@ class LocalLauncher(Launcher):
         return {"type": kind, "host": socket.gethostname(), "pid": pid, "job_id": None}
 
     def _command(self, handle: LocalHandle) -> tuple[list[str], dict[str, str]]:
-        env = dict(os.environ, PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES=",".join(handle.gpus))
+        env = dict(os.environ, **SAFE_PATH_ENV, PYTHONUNBUFFERED="1")
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(handle.gpus)
         env["MASTER_PORT"] = str(handle.port)
         if not handle.gpus:
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self._threads())
@@ -277,6 +279,7 @@ def spawn_detached(jobs: Sequence[TrainJob], launcher: LocalLauncher, log_path: 
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            env=dict(os.environ, **SAFE_PATH_ENV),
             start_new_session=True,
         )
     return proc.pid

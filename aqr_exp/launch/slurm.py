@@ -20,7 +20,7 @@ from pathlib import Path
 from aqr_exp import paths, registry
 from aqr_exp.files import write_atomic
 from aqr_exp.launch import slurmctl
-from aqr_exp.launch.base import Launcher, RunHandle, TrainJob
+from aqr_exp.launch.base import SAFE_PATH_ENV, Launcher, RunHandle, TrainJob
 from aqr_exp.launch.outcome import record_cancel
 from aqr_exp.spec import SlurmSettings
 
@@ -63,7 +63,8 @@ def directives(
 
 
 def _entry(run_dir: str) -> str:
-    return f"exec {shlex.quote(sys.executable)} -m {JOB_ENTRY} {run_dir}"
+    safe = " ".join(f"{key}={value}" for key, value in SAFE_PATH_ENV.items())
+    return f"exec env {safe} {shlex.quote(sys.executable)} -m {JOB_ENTRY} {run_dir}"
 
 
 def run_script(job: TrainJob, study: str, settings: SlurmSettings) -> str:

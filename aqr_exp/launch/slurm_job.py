@@ -24,7 +24,7 @@ from pathlib import Path
 
 from aqr_exp import registry
 from aqr_exp.launch import slurmctl
-from aqr_exp.launch.base import TrainJob
+from aqr_exp.launch.base import SAFE_PATH_ENV, TrainJob
 from aqr_exp.launch.outcome import record_exit
 from aqr_exp.launch.slurm import JOB_ENTRY
 
@@ -64,7 +64,7 @@ def training_command(job: TrainJob, tasks: int) -> list[str]:
 
 
 def training_env(env: Mapping[str, str], tasks: int) -> dict[str, str]:
-    child = dict(env, PYTHONUNBUFFERED="1")
+    child = dict(env, **SAFE_PATH_ENV, PYTHONUNBUFFERED="1")
     if tasks > 1:
         child["MASTER_PORT"] = str(master_port(env))
     if env.get("SLURM_CPUS_PER_TASK"):
