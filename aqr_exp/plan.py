@@ -136,10 +136,18 @@ def with_parents(runs: Sequence[Run]) -> list[Run]:
     return list(ordered.values())
 
 
+def _check_printable(flag: str, path: Path) -> None:
+    """Run and work dirs end up in sbatch scripts and logs, where a newline starts a new line."""
+    if not str(path).isprintable():
+        raise AqrError(f"{flag} {str(path)!r} has a control character (a newline?); use another")
+
+
 class _Builder:
     """Loads each variant's config once and derives the runs from it."""
 
     def __init__(self, spec: Spec, target: Target) -> None:
+        _check_printable("--results-root", target.results_root)
+        _check_printable("--work-root", target.work_root)
         self.spec, self.target = spec, target
         self.profile = spec.profile(target.profile)
         self.study = study_name(spec, self.profile)

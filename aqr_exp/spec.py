@@ -9,18 +9,17 @@ second with the file and key, not after an hour of training.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from aqr_exp import paths
+from aqr_exp import paths, safe_yaml
 from aqr_exp.configs import closest
 from aqr_exp.errors import AqrError
 
 DEFAULT_SPEC = paths.EXPERIMENTS / "aqr_cmt.yaml"
+MAX_SEED = 2**32 - 1  # numpy (and so mmengine's set_random_seed) takes 32-bit unsigned seeds
 
 
 @dataclass(frozen=True)
@@ -77,8 +76,21 @@ class SlurmSettings:
 
 
 # Slurm's time formats: minutes, min:sec, h:min:sec, days-h, days-h:min, days-h:min:sec.
-_SLURM_TIME = re.compile(r"^(\d+-\d{1,2}(:\d{1,2}){0,2}|\d+(:\d{1,2}){0,2}|UNLIMITED|INFINITE)$")
-_SLURM_MEM = re.compile(r"^\d+[KMGT]?$")
+_SLURM_TIME = re.compile(r"\d+-\d{1,2}(:\d{1,2}){0,2}|\d+(:\d{1,2}){0,2}|UNLIMITED|INFINITE")
+_SLURM_MEM = re.compile(r"\d+[KMGT]?")
+# What may reach a #SBATCH line: every value is checked whole (fullmatch), so no newline
+# (which would end the line and start a shell command) and no quote gets through.
+_SLURM_NAME = re.compile(r"[A-Za-z0-9_.,:+-]+")
+_SLURM_NAME_ALLOWED = "use letters, digits and _ . , : + - only"
+_SBATCH_OPTION = re.compile(r"--[A-Za-z][A-Za-z0-9-]*(=[A-Za-z0-9_.,:+=@%/&|*!\[\]-]+)?")
+_SBATCH_OPTION_ALLOWED = (
+    "use --name or --name=value, the value of letters, digits and _ . , : + = @ % / & | * ! [ ] - "
+    "only (e.g. --constraint=a100)"
+)
+
+
+def _fits(pattern: re.Pattern[str], value: str | None) -> bool:
+    return value is None or pattern.fullmatch(value) is not None
 
 
 def slurm_problem(settings: SlurmSettings) -> tuple[str, str] | None:
@@ -97,13 +109,25 @@ def slurm_problem(settings: SlurmSettings) -> tuple[str, str] | None:
         ),
         (
             "mem",
-            settings.mem is None or bool(_SLURM_MEM.match(settings.mem)),
+            _fits(_SLURM_MEM, settings.mem),
             f"Slurm memory like 64G or 500M (a number with K, M, G or T), got {settings.mem!r}",
         ),
         (
             "time",
-            settings.time is None or bool(_SLURM_TIME.match(settings.time)),
+            _fits(_SLURM_TIME, settings.time),
             "Slurm time like 30 (minutes), 4:00:00 or 2-00:00:00, got " + repr(settings.time),
+        ),
+        *(
+            (
+                name,
+                _fits(_SLURM_NAME, value),
+                f"{value!r} is not a Slurm name: {_SLURM_NAME_ALLOWED}",
+            )
+            for name, value in [
+                ("partition", settings.partition),
+                ("account", settings.account),
+                ("qos", settings.qos),
+            ]
         ),
         (
             "nodes",
@@ -111,11 +135,13 @@ def slurm_problem(settings: SlurmSettings) -> tuple[str, str] | None:
             f"{settings.nodes} nodes need gpus_per_node >= 1 (multi-node runs are data-parallel "
             "over GPUs)",
         ),
-        (
-            "extra_args",
-            all(arg.startswith("-") for arg in settings.extra_args),
-            "sbatch options start with '-', like --constraint=a100; "
-            f"got {list(settings.extra_args)}",
+        *(
+            (
+                "extra_args",
+                _fits(_SBATCH_OPTION, arg),
+                f"{arg!r} is not an sbatch option: {_SBATCH_OPTION_ALLOWED}",
+            )
+            for arg in settings.extra_args
         ),
         (
             "max_running",
@@ -187,8 +213,12 @@ class _Reader:
         self.data, self.where, self.path = data, where, path
 
     def error(self, key: str, message: str) -> AqrError:
-        place = f"{self.where}.{key}" if self.where else key
-        return AqrError(f"{self.path}: {place}: {message}")
+        return AqrError(f"{self.path}: {self._place(key)}: {message}")
+
+    def _place(self, key: str) -> str:
+        """The dotted path to a key; a key with a newline or the like as its repr (one line)."""
+        text = key if key.isprintable() else repr(key)
+        return f"{self.where}.{text}" if self.where else text
 
     def only(self, *allowed: str) -> _Reader:
         for key in self.data:
@@ -213,8 +243,7 @@ class _Reader:
         return value
 
     def sub(self, key: str) -> _Reader:
-        place = f"{self.where}.{key}" if self.where else key
-        return _Reader(self.data.get(key) or {}, place, self.path)
+        return _Reader(self.data.get(key) or {}, self._place(key), self.path)
 
     def positive(self, key: str, default: Any, nullable: bool = False) -> Any:
         value = self.get(key, int, default, nullable=nullable)
@@ -243,14 +272,15 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 def _read_yaml(path: Path) -> Any:
     if not path.is_file():
         raise AqrError(f"spec file not found: {path}")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise AqrError(f"{where}: malformed YAML: {err.problem or err.context}") from None
-    except yaml.YAMLError as err:
-        raise AqrError(f"{path}: malformed YAML: {err}") from None
+    return safe_yaml.load(path)
+
+
+_DIR_NAME_RULE = "use letters, digits, - and _ only (a directory and Slurm job name)"
+
+
+def _is_dir_name(name: str) -> bool:
+    """Study and profile names make the study's directory and its Slurm job names."""
+    return name.replace("-", "").replace("_", "").isalnum()
 
 
 def _resolve(base: Path, value: str) -> Path:
@@ -261,6 +291,8 @@ def _resolve(base: Path, value: str) -> Path:
 def _profiles(reader: _Reader, config_dir: Path, spec_dir: Path) -> dict[str, Profile]:
     profiles = {}
     for name in reader.data:
+        if not _is_dir_name(str(name)):
+            raise reader.error(str(name), f"{_DIR_NAME_RULE} for a profile name, got {name!r}")
         entry = reader.sub(str(name)).only("config", "data_root", "synth")
         synth = entry.get("synth", dict, None, nullable=True)
         data_root = entry.get("data_root", str, None, nullable=True)
@@ -346,12 +378,23 @@ def _sweeps(reader: _Reader, variants: Mapping[str, Variant]) -> dict[str, Sweep
     return sweeps
 
 
+def seeds_problem(seeds: Sequence[int]) -> str | None:
+    """Why these seeds cannot all train (out of numpy's range, repeated), or None."""
+    bad = next((seed for seed in seeds if not 0 <= seed <= MAX_SEED), None)
+    if bad is not None:
+        return f"seed {bad} is out of range: seeds are integers from 0 to {MAX_SEED}"
+    if len(set(seeds)) != len(seeds):
+        return f"repeated seed in {list(seeds)}"
+    return None
+
+
 def _seeds(reader: _Reader) -> tuple[int, ...]:
     seeds = reader.get("seeds", list, [0])
     if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
         raise reader.error("seeds", f"expected a non-empty list of integers, got {seeds!r}")
-    if len(set(seeds)) != len(seeds):
-        raise reader.error("seeds", f"repeated seed in {seeds}")
+    problem = seeds_problem(seeds)
+    if problem is not None:
+        raise reader.error("seeds", problem)
     return tuple(seeds)
 
 
@@ -377,10 +420,8 @@ def load_spec(path: Path = DEFAULT_SPEC) -> Spec:
     train = reader.sub("train").only("checkpoint_interval")
     launcher = reader.sub("launcher").only("type", "max_concurrent", "gpus_per_run", "slurm")
     study = reader.get("study", str)
-    if not study.replace("-", "").replace("_", "").isalnum():
-        raise reader.error(
-            "study", f"use letters, digits, - and _ only (a directory name), got {study!r}"
-        )
+    if not _is_dir_name(study):
+        raise reader.error("study", _DIR_NAME_RULE + f", got {study!r}")
     return Spec(
         path=path,
         study=study,

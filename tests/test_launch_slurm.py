@@ -5,6 +5,8 @@ the tests (a smoke sweep, cancel, requeue with resume)."""
 from __future__ import annotations
 
 import os
+import shlex
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +17,10 @@ import yaml
 from fixtures.toy.helpers import cli, nothing_written, toy_args, toy_importable, wait_for
 
 from aqr_exp import registry
+from aqr_exp.errors import AqrError
 from aqr_exp.launch import slurmctl
 from aqr_exp.launch.base import TrainJob
-from aqr_exp.launch.slurm import array_script, directives, run_script
+from aqr_exp.launch.slurm import JOB_ENTRY, array_script, directives, log_pattern, run_script
 from aqr_exp.launch.slurm_job import slurm_job_id, training_command, training_env
 from aqr_exp.spec import SlurmSettings
 
@@ -172,7 +175,7 @@ def test_parse_queue_keeps_array_tasks_apart() -> None:
         (["--time", "4h"], "--time: Slurm time like 30 (minutes), 4:00:00 or 2-00:00:00, got '4h'"),
         (["--mem", "lots"], "--mem: Slurm memory like 64G or 500M"),
         (["--nodes", "2"], "--nodes: 2 nodes need gpus_per_node >= 1"),
-        (["--sbatch-arg", "exclusive"], "--sbatch-arg: sbatch options start with '-'"),
+        (["--sbatch-arg", "exclusive"], "--sbatch-arg: 'exclusive' is not an sbatch option"),
         (["--gpus-per-run", "1"], "--gpus-per-run is for the local launchers"),
     ],
 )
@@ -203,20 +206,115 @@ def test_a_bad_slurm_block_in_the_spec_names_file_and_key(tmp_path: Path) -> Non
     )
 
 
-def test_dry_run_shows_the_scripts_and_writes_nothing(tmp_path: Path) -> None:
+def test_dry_run_needs_no_slurm_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dry run only prints the scripts: it works where sbatch is not installed."""
+    no_slurm = tmp_path / "bin"
+    no_slurm.mkdir()
+    monkeypatch.setenv("PATH", str(no_slurm))
+    assert not slurmctl.available()
     result = cli(
         "sweep", "window_size", "--launcher", "slurm", "--dry-run", "--partition", "debug",
         "--jobs", "2", *toy_args(tmp_path),
     )  # fmt: skip
-    if not slurmctl.available():
-        assert result.exit_code == 2 and "sbatch/squeue not found" in result.stderr
-        return
     assert result.exit_code == 0, result.output
     headers = [line for line in result.stdout.splitlines() if line.startswith("--- ")]
     assert sum(line.endswith("/slurm.sbatch") for line in headers) == 3 and len(headers) == 4
     assert "#SBATCH --array=0-2%2" in result.stdout
     assert "#SBATCH --partition=debug" in result.stdout
     assert nothing_written(tmp_path)
+    submit = cli("sweep", "window_size", "--launcher", "slurm", *toy_args(tmp_path))
+    assert submit.exit_code == 2 and "sbatch/squeue not found" in submit.stderr
+    assert submit.stderr.count("\n") == 1 and nothing_written(tmp_path)
+
+
+_HOSTILE = ["gpu\ntouch injected", "$(touch injected)", "`touch injected`", "gpu injected"]
+
+
+@pytest.mark.parametrize("value", _HOSTILE)
+@pytest.mark.parametrize(
+    ("flag", "prefix"),
+    [
+        ("--partition", ""), ("--account", ""), ("--qos", ""), ("--mem", "64G"),
+        ("--time", "30"), ("--sbatch-arg", "--comment="),
+    ],
+)  # fmt: skip
+def test_hostile_slurm_values_are_refused_at_plan_time(
+    tmp_path: Path, flag: str, prefix: str, value: str
+) -> None:
+    """Nothing that could end a #SBATCH line (and start a shell command) reaches a script."""
+    given = prefix + value
+    result = cli("run", "baseline", "--launcher", "slurm", "--dry-run", flag, given,
+                 *toy_args(tmp_path))  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error: {flag}: ") and repr(given) in result.stderr
+    assert result.stderr.count("\n") == 1 and "#SBATCH" not in result.stdout
+    assert nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("partition", "gpu\ntouch injected"),
+        ("account", "$(touch injected)"),
+        ("qos", "`touch injected`"),
+        ("extra_args", ["--constraint=a100 --wrap=touch"]),
+    ],
+)
+def test_hostile_slurm_values_in_the_spec_name_file_and_key(
+    tmp_path: Path, key: str, value: object
+) -> None:
+    spec = yaml.safe_load(
+        (Path(__file__).parent / "fixtures" / "toy" / "toy_spec.yaml").read_text()
+    )
+    spec["config_dir"] = str(Path(__file__).parent / "fixtures" / "toy")
+    spec["launcher"]["slurm"] = {key: value}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = cli("run", "baseline", "--dry-run", "--spec", path, *toy_args(tmp_path)[2:])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    shown = repr(value[0] if isinstance(value, list) else value)
+    assert f"{path}: launcher.slurm.{key}: {shown} is not" in result.stderr
+    assert nothing_written(tmp_path)
+
+
+def test_a_work_root_with_a_newline_is_refused_at_plan_time(tmp_path: Path) -> None:
+    args = toy_args(tmp_path)
+    work = tmp_path / "work\ntouch injected"
+    args[args.index("--work-root") + 1] = work
+    result = cli("run", "baseline", "--launcher", "slurm", "--dry-run", *args)
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+    assert f"--work-root {str(work)!r} has a control character" in result.stderr
+    assert nothing_written(tmp_path) and not work.exists()
+
+
+# The characters sbatch's #SBATCH parser treats specially, and a log file name pattern.
+_ODD_DIR = "logs dir 'single' \"double\" #hash 100%j"
+
+
+def test_paths_with_spaces_and_quotes_are_quoted_for_sbatch(tmp_path: Path) -> None:
+    work = tmp_path / _ODD_DIR
+    job = TrainJob("baseline-s0-abc", tmp_path / "run dir $(touch injected)", work)
+    script = run_script(job, "toy-toy", SlurmSettings(extra_args=("--exclusive",)))
+    output = next(line for line in script.splitlines() if line.startswith("#SBATCH --output="))
+    escaped = str(work).replace("%", "%%").replace('"', '\\"')
+    assert output == f'#SBATCH --output="{escaped}/slurm-%j.out"'
+    assert "#SBATCH --exclusive" in script and "#SBATCH --requeue" in script
+    # For bash every line but the last is a comment; the run dir is one inert word.
+    lines = script.splitlines()
+    assert all(line.startswith("#") or not line for line in lines[:-1])
+    entry = f" -m {JOB_ENTRY} "
+    assert lines[-1].endswith(entry + shlex.quote(str(job.run_dir)))
+    probe = [*lines[:-1], "printf %s " + lines[-1].split(entry, 1)[1]]
+    shell = subprocess.run(
+        ["bash", "-c", "\n".join(probe)], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert shell.stdout == str(job.run_dir) and not (tmp_path / "injected").exists()
+    with pytest.raises(AqrError, match=r"sbatch --output .*'/x\\ny/slurm-%j.out' has a control"):
+        run_script(TrainJob("r", tmp_path, Path("/x\ny")), "toy-toy", SlurmSettings())
+    with pytest.raises(AqrError, match="has a backslash, which Slurm's log file names cannot"):
+        run_script(TrainJob("r", tmp_path, Path("/x\\y")), "toy-toy", SlurmSettings())
 
 
 # ------------------------------------------------------------------ a real Slurm
@@ -397,3 +495,21 @@ def test_sbatch_refusing_the_job_is_a_clear_error(
     assert "sbatch" in result.stderr and "invalid partition" in result.stderr.lower()
     (record,) = _records(tmp_path / "results")
     assert record.status == "planned" and record.launcher is None  # nothing was submitted
+
+
+@pytest.mark.slurm
+def test_sbatch_reads_quoted_paths_back_exactly(
+    slurm: slurm_cluster.SlurmCluster, tmp_path: Path
+) -> None:
+    """The real sbatch parses our quoting: the job's log lands in the odd folder, as named."""
+    folder = tmp_path / _ODD_DIR
+    folder.mkdir()
+    lines = directives(SlurmSettings(), "odd job name", log_pattern(folder, "slurm-%j.out"))
+    script = tmp_path / "odd.sbatch"
+    script.write_text("\n".join(["#!/usr/bin/env bash", *lines, "", "echo inert"]) + "\n")
+    job_id = slurmctl.sbatch(script)
+    log = folder / f"slurm-{job_id}.out"
+    wait_for(lambda: log.is_file() and "inert" in log.read_text(), 60, "the job's log")
+    assert [path.name for path in folder.iterdir()] == [log.name]
+    name = slurm.command("scontrol", "show", "job", job_id)
+    assert "JobName=odd job name" in name

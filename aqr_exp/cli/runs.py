@@ -41,6 +41,7 @@ from aqr_exp.spec import (
     SlurmSettings,
     Spec,
     load_spec,
+    seeds_problem,
     slurm_problem,
 )
 
@@ -145,6 +146,9 @@ def _seeds(text: str | None) -> tuple[int, ...] | None:
         seeds = tuple(int(part) for part in configs.split_values(text))
     except ValueError:
         raise AqrError(f"--seeds takes comma-separated integers, got {text!r}") from None
+    problem = seeds_problem(seeds)
+    if problem is not None:
+        raise AqrError(f"--seeds: {problem}")
     return seeds
 
 
@@ -432,11 +436,13 @@ def _waiting_note(steps: Sequence[registry.Step]) -> None:
 
 def _execute(plan: Plan, how: _Launch, by: str | None = None) -> None:
     steps = registry.decide(plan, force=how.force, retry_failed=how.retry_failed)
-    launcher = make_launcher(how.settings, plan.study)
+    launcher = make_launcher(how.settings, plan.study, dry_run=how.dry_run)
     _print_plan(plan, steps, launcher.describe())
     todo = [step for step in steps if step.action != "skip"]
+    # Built before anything is written: a path sbatch cannot take fails here, cleanly.
+    scripts = launcher.scripts([registry.job_for(step.run) for step in todo])
     if how.dry_run:
-        _print_scripts(launcher.scripts([registry.job_for(step.run) for step in todo]))
+        _print_scripts(scripts)
         typer.echo("\nDry run: nothing was started or written.")
         return
     if todo and plan.generate_data:

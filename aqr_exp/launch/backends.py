@@ -23,11 +23,14 @@ def check_backend(name: str) -> str:
     raise AqrError(f"unknown launcher {name!r}: {hint}known: {', '.join(BACKENDS)}")
 
 
-def make_launcher(settings: LauncherSettings, study: str) -> Launcher:
-    """A backend from the spec's launcher settings (after CLI overrides)."""
+def make_launcher(settings: LauncherSettings, study: str, dry_run: bool = False) -> Launcher:
+    """A backend from the spec's launcher settings (after CLI overrides).
+
+    A dry run only describes the launcher and prints its scripts, so it needs no
+    Slurm tools: a Slurm plan can be checked on a laptop."""
     check_backend(settings.type)
     if settings.type == "slurm":
-        if not slurmctl.available():
+        if not dry_run and not slurmctl.available():
             raise AqrError(
                 "launcher 'slurm': sbatch/squeue not found; run on a machine with Slurm's "
                 "client tools (a login node), or use --launcher local"

@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 from aqr_exp import paths, registry
+from aqr_exp.errors import AqrError
 from aqr_exp.files import write_atomic
 from aqr_exp.launch import slurmctl
 from aqr_exp.launch.base import SAFE_PATH_ENV, Launcher, RunHandle, TrainJob
@@ -28,24 +29,45 @@ SCRIPT_NAME = "slurm.sbatch"
 JOB_ENTRY = "aqr_exp.launch.slurm_job"
 
 
+def sbatch_quote(value: str, what: str) -> str:
+    """A value as sbatch reads it back from a #SBATCH line: bare when plain, else quoted.
+
+    sbatch splits #SBATCH lines itself (no shell): whitespace separates options,
+    an unquoted # starts a comment, quotes group and a backslash escapes the
+    next character, inside quotes too. A control character (a newline) cannot
+    be written at all: it would end the comment line and start a shell command."""
+    if any(not char.isprintable() for char in value):
+        raise AqrError(f"{what} {value!r} has a control character, which sbatch cannot take")
+    if value and not any(char.isspace() or char in "\"'\\#" for char in value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def log_pattern(folder: Path, name: str) -> str:
+    """An sbatch --output file name pattern in `folder`: its % are literal, `name`'s are not.
+
+    Slurm reads a backslash in a log name as "no patterns here" (so %j stays
+    literal and the log is not where the run looks): such a folder is refused."""
+    if "\\" in str(folder):
+        raise AqrError(f"{str(folder)!r} has a backslash, which Slurm's log file names cannot")
+    return f"{str(folder).replace('%', '%%')}/{name}"
+
+
 def directives(
     settings: SlurmSettings, job_name: str, output: str, array: str | None = None
 ) -> list[str]:
     """The #SBATCH lines of one run's job: one task per GPU on each node (mmengine's
     slurm launcher), or one CPU task; requeue-able, with the time-limit warning
-    signal the job entry turns into a requeue."""
-    options = [
-        f"--job-name={job_name}",
-        f"--output={output}",
-        "--open-mode=append",  # a requeued job adds to its log
-        f"--chdir={paths.REPO_ROOT}",
-        "--requeue",
-        f"--nodes={settings.nodes}",
-        f"--ntasks-per-node={max(1, settings.gpus_per_node)}",
-    ]
-    if settings.gpus_per_node:
-        options.append(f"--gres=gpu:{settings.gpus_per_node}")
-    named = {
+    signal the job entry turns into a requeue. Every value is quoted for sbatch."""
+    named: dict[str, object] = {
+        "job-name": job_name,
+        "output": output,
+        "open-mode": "append",  # a requeued job adds to its log
+        "chdir": paths.REPO_ROOT,
+        "requeue": True,
+        "nodes": settings.nodes,
+        "ntasks-per-node": max(1, settings.gpus_per_node),
+        "gres": f"gpu:{settings.gpus_per_node}" if settings.gpus_per_node else None,
         "cpus-per-task": settings.cpus_per_task,
         "mem": settings.mem,
         "time": settings.time,
@@ -53,13 +75,19 @@ def directives(
         "account": settings.account,
         "qos": settings.qos,
     }
-    options += [f"--{name}={value}" for name, value in named.items() if value is not None]
     if settings.time is not None and settings.requeue_before_s:
-        options.append(f"--signal=B:USR1@{settings.requeue_before_s}")
-    if array is not None:
-        options.append(f"--array={array}")
-    options += settings.extra_args
+        named["signal"] = f"B:USR1@{settings.requeue_before_s}"
+    named["array"] = array
+    options = [_option(name, value) for name, value in named.items() if value is not None]
+    options += [sbatch_quote(arg, "sbatch option") for arg in settings.extra_args]
     return [f"#SBATCH {option}" for option in options]
+
+
+def _option(name: str, value: object) -> str:
+    """`--name=value`, the value quoted for sbatch; `--name` for a flag (True)."""
+    if value is True:
+        return f"--{name}"
+    return f"--{name}={sbatch_quote(str(value), f'sbatch --{name}')}"
 
 
 def _entry(run_dir: str) -> str:
@@ -73,7 +101,9 @@ def run_script(job: TrainJob, study: str, settings: SlurmSettings) -> str:
         "#!/usr/bin/env bash",
         f"# aqr-exp run {job.run_id} of study {study}. `sbatch` this file to start or continue",
         "# it (from its last checkpoint); `aqr-exp status` shows how it goes.",
-        *directives(settings, f"aqr-{study}-{job.run_id}", str(job.work_dir / "slurm-%j.out")),
+        *directives(
+            settings, f"aqr-{study}-{job.run_id}", log_pattern(job.work_dir, "slurm-%j.out")
+        ),
         "",
         _entry(shlex.quote(str(job.run_dir))),
     ]
@@ -89,7 +119,7 @@ def array_script(
         "#!/usr/bin/env bash",
         f"# aqr-exp: {len(jobs)} runs of study {study} as one job array; task i trains",
         "# RUN_DIRS[i]. Each run also has its own script, slurm.sbatch, beside its run.yaml.",
-        *directives(settings, f"aqr-{study}", str(log_dir / "%A_%a.out"), array=indices),
+        *directives(settings, f"aqr-{study}", log_pattern(log_dir, "%A_%a.out"), array=indices),
         "",
         "RUN_DIRS=(",
         *(f"  {shlex.quote(str(job.run_dir))}" for job in jobs),
