@@ -231,6 +231,24 @@ def set_seed(cfg: Config, seed: int) -> None:
     cfg.randomness = randomness
 
 
+PREDICTIONS_DIR = "predictions"
+# Keys that name where a run writes, not what it trains: they differ between any two runs.
+RUN_PLACES = frozenset(
+    {"work_dir", "val_evaluator.jsonfile_prefix", "test_evaluator.jsonfile_prefix"}
+)
+
+
+def keep_predictions(cfg: Config) -> None:
+    """NuScenesMetric writes its results JSON under the work dir (`predictions/val`,
+    `predictions/test`) instead of a temporary folder, so collect can keep the
+    predictions behind each number for the paired bootstrap."""
+    for loop in ("val", "test"):
+        evaluators = cfg.get(f"{loop}_evaluator")
+        for evaluator in evaluators if isinstance(evaluators, list) else [evaluators]:
+            if isinstance(evaluator, dict) and evaluator.get("type") == "NuScenesMetric":
+                evaluator["jsonfile_prefix"] = str(Path(cfg.work_dir) / PREDICTIONS_DIR / loop)
+
+
 def set_checkpoint_interval(cfg: Config, interval: int) -> None:
     """Save a checkpoint every `interval` epochs (or iterations for iteration-based
     loops) so an interrupted run resumes close to where it stopped."""

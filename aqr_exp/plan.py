@@ -211,6 +211,7 @@ class _Builder:
         if self.spec.checkpoint_interval is not None:
             configs.set_checkpoint_interval(cfg, self.spec.checkpoint_interval)
         cfg.work_dir = str(work_dir)
+        configs.keep_predictions(cfg)
         if parent is not None:
             cfg.load_from = str(configs.final_checkpoint(parent.cfg))
         return Run(

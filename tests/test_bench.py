@@ -34,3 +34,21 @@ def test_attention_bench_writes_ratios_to_the_floor_of_the_same_run(tmp_path: Pa
         floor = next(r for r in rows if r["method"] == "floor" and r["pass"] == pass_)
         mine = next(r for r in rows if r["method"] == method and r["pass"] == pass_)
         assert row[4] == f"{mine['time_ms'] / floor['time_ms']:.2f}×"
+
+
+def test_bootstrap_bench_runs_small_and_reports_its_time(tmp_path: Path) -> None:
+    stem = tmp_path / "bootstrap"
+    subprocess.run(
+        [
+            sys.executable, str(paths.REPO_ROOT / "bench" / "bootstrap.py"),
+            "--resamples", "4", "--samples", "60", "--scenes", "6", "--per-sample", "40",
+            "--workers", "2", "--out", str(stem),
+        ],
+        check=True, cwd=paths.REPO_ROOT,
+    )  # fmt: skip
+    payload = json.loads(stem.with_suffix(".json").read_text())
+    assert payload["resamples"] == 4 and payload["predictions_per_run"] == 60 * 40
+    assert (
+        f"**{payload['seconds']:.1f} s** with 2 worker processes"
+        in stem.with_suffix(".md").read_text()
+    )

@@ -3,6 +3,7 @@ data, a sweep of two window sizes plus the baseline, two runs at a time."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -30,3 +31,13 @@ def test_smoke_sweep_two_values_two_concurrent_runs(tmp_path: Path, synth_root: 
     report = tmp_path / "results" / "smoke-smoke" / "report.md"
     assert f"Report: {report}" in result.stdout and report.is_file()
     assert "mAP" in result.stdout
+    # The predictions behind every number are kept and matched once, so each Δ gets a
+    # paired-bootstrap interval and a verdict.
+    for run_dir in registry.runs_of(tmp_path / "results"):
+        kept = json.loads((run_dir / "metrics.json").read_text())["predictions"]
+        assert Path(kept["file"]).is_file() and Path(kept["matches"]).is_file()
+        assert kept["samples"] > 0 and kept["scenes"] >= 1
+    text = report.read_text()
+    assert "Is the Δ real?" in text and "Beyond noise on NDS" in text
+    intervals = [line for line in text.splitlines() if line.startswith("| new_aqr")]
+    assert any(v in line for line in intervals for v in ("better", "worse", "within noise"))

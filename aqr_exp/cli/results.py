@@ -9,10 +9,12 @@ from pathlib import Path
 
 import typer
 
+from aqr_exp.errors import AqrError
 from aqr_exp.paths import RESULTS
+from aqr_exp.results.bootstrap import UNITS
 from aqr_exp.results.collect import collect as collect_runs
+from aqr_exp.results.compare import BootstrapSettings, select_runs
 from aqr_exp.results.compare import compare as compare_runs
-from aqr_exp.results.compare import select_runs
 from aqr_exp.results.legacy_log import import_log as import_legacy_log
 from aqr_exp.results.render import render
 from aqr_exp.results.report import write_report
@@ -66,6 +68,23 @@ def import_log(
     )
 
 
+RESAMPLES = typer.Option(
+    1000, "--resamples", min=0, help="Bootstrap resamples for each Δ's interval (0: none)."
+)
+BOOTSTRAP_UNIT = typer.Option(
+    "scene",
+    "--bootstrap-unit",
+    help="What the bootstrap resamples: scene (samples of a scene are correlated) or sample.",
+)
+BOOTSTRAP_SEED = typer.Option(0, "--bootstrap-seed", help="Seed of the bootstrap resampling.")
+
+
+def bootstrap_settings(resamples: int, unit: str, seed: int) -> BootstrapSettings:
+    if unit not in UNITS:
+        raise AqrError(f"--bootstrap-unit {unit!r}: expected one of {', '.join(UNITS)}")
+    return BootstrapSettings(resamples=resamples, unit=unit, seed=seed)
+
+
 def compare(
     runs: list[str] | None = typer.Argument(
         None, help="Run ids or run dirs (default: the study's finished runs)."
@@ -75,13 +94,19 @@ def compare(
     by: str | None = typer.Option(
         None, "--by", help="Rows per value of this parameter (sweep name or override key)."
     ),
+    resamples: int = RESAMPLES,
+    bootstrap_unit: str = BOOTSTRAP_UNIT,
+    bootstrap_seed: int = BOOTSTRAP_SEED,
     results_root: Path = RESULTS_ROOT,
 ) -> None:
     """Compare variants and sweep values: mean ± std over seeds, Δ vs the baseline.
 
-    Also per-class AP, cost, and warnings where the evidence is thin."""
+    Each Δ gets a 95% interval from a paired bootstrap of the validation scenes and a
+    verdict (better / worse / within noise); also per-class AP, cost, and warnings
+    where the evidence is thin."""
+    settings = bootstrap_settings(resamples, bootstrap_unit, bootstrap_seed)
     study, results, notes = select_runs(results_root, study, runs or [])
-    comparison = compare_runs(results, by=by, study=study, notes=notes)
+    comparison = compare_runs(results, by=by, study=study, notes=notes, bootstrap=settings)
     typer.echo(render(comparison, output_format.value), nl=False)
     if output_format is OutputFormat.csv:
         for warning in comparison.warnings:
@@ -100,19 +125,23 @@ def report(
     viz_samples: int | None = typer.Option(
         None, "--viz-samples", help="Val samples for the weight statistics (default: all)."
     ),
+    resamples: int = RESAMPLES,
+    bootstrap_unit: str = BOOTSTRAP_UNIT,
+    bootstrap_seed: int = BOOTSTRAP_SEED,
     results_root: Path = RESULTS_ROOT,
 ) -> None:
     """Write <results-root>/<study>/report.md and its figures.
 
     Tables, figures, config diffs against the baseline, and provenance; with --viz
     also the AQR windows and modality weights of the best AQR run."""
+    settings = bootstrap_settings(resamples, bootstrap_unit, bootstrap_seed)
     extra = []
     if viz:
         # mmdet3d and torch take seconds to import: only when pictures are asked for.
         from aqr_exp.viz.study import study_pictures
 
         extra = study_pictures(results_root, study, viz_sample, viz_samples)
-    path = write_report(results_root, study, by, extra)
+    path = write_report(results_root, study, by, extra, settings)
     typer.echo(f"wrote {path}")
 
 

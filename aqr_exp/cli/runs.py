@@ -32,7 +32,7 @@ from aqr_exp.plan import (
 )
 from aqr_exp.progress import Progress, read_progress
 from aqr_exp.results.collect import collect
-from aqr_exp.results.compare import compare, select_runs
+from aqr_exp.results.compare import BootstrapSettings, compare, select_runs
 from aqr_exp.results.render import render
 from aqr_exp.results.report import write_report
 from aqr_exp.spec import (
@@ -252,8 +252,12 @@ def _short(value: Any, width: int = 70) -> str:
 
 
 def _diff_lines(plan: Plan, cfg: Any) -> list[str]:
-    """The run's config against the baseline's; work_dir always differs."""
-    diff = [row for row in configs.config_diff(plan.baseline.cfg, cfg) if row[0] != "work_dir"]
+    """The run's config against the baseline's; where runs write always differs."""
+    diff = [
+        row
+        for row in configs.config_diff(plan.baseline.cfg, cfg)
+        if row[0] not in configs.RUN_PLACES
+    ]
     return [f"    {key}: {_short(old)} → {_short(new)}" for key, old, new in diff]
 
 
@@ -398,8 +402,10 @@ def _report(plan: Plan, by: str | None) -> None:
         return
     study, results, notes = select_runs(results_root, plan.study, collected)
     typer.echo("")
-    typer.echo(render(compare(results, by=by, study=study, notes=notes), "table"), nl=False)
-    typer.echo(f"\nReport: {write_report(results_root, plan.study, by)}")
+    settings = BootstrapSettings()
+    comparison = compare(results, by=by, study=study, notes=notes, bootstrap=settings)
+    typer.echo(render(comparison, "table"), nl=False)
+    typer.echo(f"\nReport: {write_report(results_root, plan.study, by, bootstrap=settings)}")
 
 
 def _print_scripts(scripts: dict[Path, str]) -> None:

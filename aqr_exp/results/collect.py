@@ -15,11 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from aqr_exp.configs import PREDICTIONS_DIR
 from aqr_exp.errors import AqrError
 from aqr_exp.files import write_json_atomic
+from aqr_exp.results import matching
+from aqr_exp.results.bootstrap import evaluate
 from aqr_exp.results.nuscenes import Evaluation, evaluation_from_flat
 from aqr_exp.results.record import identity, metrics_payload
 from aqr_exp.results.runs import (
+    CONFIG_FILE,
     METRICS_FILE,
     is_imported,
     list_studies,
@@ -164,6 +170,61 @@ def collect_work_dir(work_dir: Path, run_identity: dict[str, Any]) -> dict[str, 
     return metrics_payload(run_identity, evaluations, chosen, logs.train, source)
 
 
+def predictions_file(work_dir: Path, chosen_from: str) -> Path:
+    """Where NuScenesMetric left the predictions of the reported evaluation
+    (`configs.keep_predictions`); each loop's file holds its latest evaluation."""
+    loop = "test" if chosen_from == "test" else "val"
+    return work_dir / PREDICTIONS_DIR / loop / "pred_instances_3d" / "results_nusc.json"
+
+
+def evaluated_split(run_dir: Path, loop: str) -> tuple[Path, str]:
+    """(data root, nuScenes version) the run's metric evaluated on, from its saved config."""
+    from mmengine import load
+    from mmengine.config import Config
+
+    config = run_dir / CONFIG_FILE
+    if not config.is_file():
+        raise AqrError(f"{run_dir}: no {CONFIG_FILE}: cannot tell which split was evaluated")
+    evaluator = Config.fromfile(str(config)).get(f"{loop}_evaluator") or {}
+    if not isinstance(evaluator, dict) or "ann_file" not in evaluator:
+        raise AqrError(f"{config}: {loop}_evaluator has no ann_file")
+    version = load(evaluator["ann_file"])["metainfo"]["version"]
+    return Path(evaluator["data_root"]), str(version)
+
+
+def keep_matches(run_dir: Path, work_dir: Path, chosen: dict[str, Any]) -> dict[str, Any] | None:
+    """Match the reported evaluation's predictions once (`matching.py`) and say where
+    they are; None when the run kept none (older runs, imported logs)."""
+    where = chosen["source"]["metrics"]["from"]
+    results = predictions_file(work_dir, where)
+    if not results.is_file():
+        return None
+    path = results.with_name("matches.npz")
+    if not path.is_file() or path.stat().st_mtime < results.stat().st_mtime:
+        data_root, version = evaluated_split(run_dir, "test" if where == "test" else "val")
+        table = matching.match_predictions(results, data_root, version)
+        check_same_numbers(table, chosen["metrics"], results)
+        matching.save(table, path)
+    table = matching.load(path)
+    return {
+        "file": str(results),
+        "matches": str(path),
+        "samples": len(table.samples),
+        "scenes": len(table.scenes),
+    }
+
+
+def check_same_numbers(table: matching.MatchTable, logged: dict[str, float], path: Path) -> None:
+    """The kept predictions must reproduce the logged mAP/NDS (logged to 4 decimals)."""
+    recomputed = evaluate(table, np.ones(len(table.samples), dtype=np.int64))
+    for name in ("mAP", "NDS"):
+        if name in logged and abs(recomputed[name] - logged[name]) > 1e-4:
+            raise AqrError(
+                f"{path}: its predictions score {name} {recomputed[name]:.4f}, the run logged "
+                f"{logged[name]:.4f}: they are not the reported evaluation's"
+            )
+
+
 def resolve_work_dir(work_dir: str, results_root: Path) -> Path:
     """A relative work_dir is relative to the project root (the parent of results/)."""
     path = Path(work_dir).expanduser()
@@ -184,6 +245,9 @@ def collect_run(run_dir: Path, results_root: Path) -> Outcome:
             "skipped",
             f"no validation or test results yet in {work_dir} (status {record.get('status')})",
         )
+    predictions = keep_matches(run_dir, work_dir, payload)
+    if predictions is not None:
+        payload["predictions"] = predictions
     write_json_atomic(run_dir / METRICS_FILE, payload)
     metrics = payload["metrics"]
     where = payload["source"]["metrics"]

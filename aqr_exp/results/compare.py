@@ -9,14 +9,23 @@ numbers in the terminal, the markdown, the CSV and the report are the same numbe
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from aqr_exp.errors import AqrError
+from aqr_exp.results import matching
+from aqr_exp.results.bootstrap import (
+    group_resamples,
+    interval,
+    resample_counts,
+    resolvable_delta,
+)
 from aqr_exp.results.nuscenes import HIGHER_IS_BETTER, SUMMARY, class_order
 from aqr_exp.results.runs import (
     BASELINE_VARIANT,
@@ -87,6 +96,26 @@ class Group:
 
 
 @dataclass(frozen=True)
+class BootstrapSettings:
+    """The paired bootstrap behind each Δ's interval (`resamples` 0: none)."""
+
+    resamples: int = 1000
+    unit: str = "scene"
+    seed: int = 0
+    workers: int = field(default_factory=lambda: min(os.cpu_count() or 1, 8))
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """What the intervals were computed from, and the baseline's own resolution."""
+
+    settings: BootstrapSettings
+    units: int  # scenes (or samples) resampled
+    groups: list[str]  # the groups with intervals
+    resolvable: dict[str, float]  # metric → smallest Δ the split resolves
+
+
+@dataclass(frozen=True)
 class Comparison:
     study: str | None
     groups: list[Group]
@@ -94,6 +123,7 @@ class Comparison:
     specs: list[MetricSpec]
     stats: pd.DataFrame
     warnings: list[str]
+    bootstrap: Bootstrap | None = None
 
     @property
     def baseline(self) -> Group | None:
@@ -316,11 +346,105 @@ def _warnings(
     return warnings
 
 
+INTERVAL_COLUMNS = ["ci_low", "ci_high", "wins", "verdict", "noise"]
+INTERVAL_SECTIONS = (DETECTION, PER_CLASS_AP)
+FEW_UNITS = 20
+
+
+def _match_tables(results: list[RunResult]) -> list[matching.MatchTable] | None:
+    """The runs' matched predictions (collect keeps them), or None if any run has none."""
+    paths = [(r.metrics.get("predictions") or {}).get("matches") for r in results]
+    if not all(paths) or not all(Path(p).is_file() for p in paths):
+        return None
+    return [matching.load(Path(p)) for p in paths]
+
+
+def _seed_se(stats: pd.DataFrame, group: str, baseline: str, metric: str) -> float | None:
+    """Standard error of Δ from the seeds, when both sides have at least two runs."""
+    rows = {
+        g: stats[(stats["group"] == g) & (stats["metric"] == metric)] for g in (group, baseline)
+    }
+    if any(r.empty or int(r["n"].iloc[0]) < 2 for r in rows.values()):
+        return None
+    return float(
+        math.sqrt(sum(float(r["std"].iloc[0]) ** 2 / int(r["n"].iloc[0]) for r in rows.values()))
+    )
+
+
+def _intervals(
+    stats: pd.DataFrame,
+    runs: dict[str, list[RunResult]],
+    specs: list[MetricSpec],
+    baseline: str,
+    settings: BootstrapSettings,
+) -> tuple[pd.DataFrame, Bootstrap | None, list[str]]:
+    """Each Δ's interval from a paired bootstrap of the validation split, widened by the
+    seeds' spread where there are seeds."""
+    tables = {label: _match_tables(results) for label, results in runs.items()}
+    if tables[baseline] is None:
+        note = "no intervals: the baseline's runs kept no predictions (collected before "
+        note += "predictions were kept, or imported from a log)"
+        return pd.DataFrame(columns=["group", "metric", *INTERVAL_COLUMNS]), None, [note]
+    notes = [
+        f"{label}: no interval: its runs kept no predictions (imported, or collected before "
+        "predictions were kept)"
+        for label, found in tables.items()
+        if found is None
+    ]
+    kept = {label: found for label, found in tables.items() if found is not None}
+    reference = kept[baseline][0]
+    units = len(reference.scenes if settings.unit == "scene" else reference.samples)
+    counts = resample_counts(units, settings.resamples, settings.seed)
+    means = group_resamples(kept, counts, settings.unit, settings.workers)
+    rows = []
+    for label in kept:
+        if label == baseline:
+            continue
+        for spec in specs:
+            if spec.section not in INTERVAL_SECTIONS or spec.name not in means[label]:
+                continue
+            row = stats[(stats["group"] == label) & (stats["metric"] == spec.name)].iloc[0]
+            resampled = means[label][spec.name] - means[baseline][spec.name]
+            if not np.isfinite(resampled).all() or math.isnan(row["delta"]):
+                continue
+            seed_se = _seed_se(stats, label, baseline, spec.name)
+            found = interval(
+                float(row["delta"]), resampled, spec.higher_is_better is not False, seed_se
+            )
+            rows.append(
+                {
+                    "group": label,
+                    "metric": spec.name,
+                    "ci_low": found.low,
+                    "ci_high": found.high,
+                    "wins": found.wins,
+                    "verdict": found.verdict,
+                    "noise": found.noise,
+                }
+            )
+    if units < FEW_UNITS:
+        unit = settings.unit
+        notes.append(
+            f"the split has only {units} {unit}s to resample: its intervals are coarse"
+            + (
+                " (`--bootstrap-unit sample` resamples samples, ignoring that a scene's "
+                "samples are correlated)"
+                if unit == "scene"
+                else ""
+            )
+        )
+    resolvable = {m: resolvable_delta(means[baseline][m]) for m in ("mAP", "NDS")}
+    summary = Bootstrap(settings, units, [g for g in kept if g != baseline], resolvable)
+    frame = pd.DataFrame(rows, columns=["group", "metric", *INTERVAL_COLUMNS])
+    return frame, summary, notes
+
+
 def compare(
     results: list[RunResult],
     by: str | None = None,
     study: str | None = None,
     notes: Iterable[str] = (),
+    bootstrap: BootstrapSettings | None = None,
 ) -> Comparison:
     """Group runs (baseline, then variants and their sweep values) and aggregate over seeds;
     `notes` (e.g. which runs the selection left out) lead the warnings."""
@@ -335,6 +459,13 @@ def compare(
     baseline = next((g.label for g in groups if g.is_baseline), None)
     stats = _mark_best(_add_deltas(_aggregate(runs, specs), baseline))
     warnings = [*notes, *_warnings(stats, runs, specs)]
+    summary = None
+    if baseline is not None and bootstrap is not None and bootstrap.resamples > 0:
+        found, summary, bootstrap_notes = _intervals(stats, runs, specs, baseline, bootstrap)
+        stats = stats.merge(found, on=["group", "metric"], how="left")
+        warnings += bootstrap_notes
+    else:
+        stats = stats.assign(**{column: math.nan for column in INTERVAL_COLUMNS})
     if baseline is None:
         warnings.insert(0, f"no baseline (variant {BASELINE_VARIANT!r}) among the runs: no Δ")
-    return Comparison(study, groups, runs, specs, stats, warnings)
+    return Comparison(study, groups, runs, specs, stats, warnings, summary)

@@ -16,10 +16,12 @@ from aqr_exp.results.compare import (
     AQR,
     COST,
     DETECTION,
+    INTERVAL_COLUMNS,
     PER_CLASS_AP,
     Comparison,
     MetricSpec,
     delta_text,
+    signed,
 )
 
 FORMATS = ("table", "markdown", "csv")
@@ -56,6 +58,7 @@ CSV_COLUMNS = [
     "within_spread",
     "best",
     "higher_is_better",
+    *INTERVAL_COLUMNS,
 ]
 
 
@@ -142,12 +145,57 @@ def section_tables(comparison: Comparison, section: str, fmt: str) -> list[Table
     return [*tables, Table(f"{section}_delta", _DELTA_TITLES[section], deltas)]
 
 
+def interval_text(row: dict[str, Any], spec: MetricSpec) -> str:
+    low, high = row["ci_low"] * spec.scale, row["ci_high"] * spec.scale
+    return f"[{signed(low, spec.digits)}, {signed(high, spec.digits)}]"
+
+
+def interval_table(comparison: Comparison) -> Table | None:
+    """Each detection Δ with its 95% interval, the share of resamples the variant wins
+    and the verdict: the answer to "is this Δ real?"."""
+    summary = comparison.bootstrap
+    if summary is None or not summary.groups:
+        return None
+    rows = _rows(comparison)
+    specs = [s for s in comparison.specs if s.section == DETECTION]
+    frame = pd.DataFrame(
+        [
+            {
+                "variant": label,
+                "n": str(len(comparison.runs[label])),
+                "metric": _header(spec, False),
+                "Δ": delta_text(row, spec),
+                "95% interval": interval_text(row, spec),
+                "variant better in": f"{row['wins']:.0%}",
+                "verdict": row["verdict"],
+                "larger noise": row["noise"],
+            }
+            for label in summary.groups
+            for spec in specs
+            if isinstance((row := rows[(label, spec.name)])["verdict"], str)
+        ]
+    )
+    unit = summary.settings.unit
+    title = (
+        f"Is the Δ real? 95% intervals from a paired bootstrap over the {summary.units} "
+        f"validation {unit}s ({summary.settings.resamples:,} resamples, seed "
+        f"{summary.settings.seed}), widened by the seeds' spread where n ≥ 2 on both sides"
+    )
+    return Table(f"{DETECTION}_intervals", title, frame) if len(frame) else None
+
+
 def tables(comparison: Comparison, fmt: str) -> list[Table]:
     """All tables of a comparison, in reading order."""
+    detection = section_tables(comparison, DETECTION, fmt)
+    significance = interval_table(comparison)
     return [
-        table
-        for section in (DETECTION, PER_CLASS_AP, COST, AQR)
-        for table in section_tables(comparison, section, fmt)
+        *detection,
+        *([significance] if significance else []),
+        *(
+            table
+            for section in (PER_CLASS_AP, COST, AQR)
+            for table in section_tables(comparison, section, fmt)
+        ),
     ]
 
 

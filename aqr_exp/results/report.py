@@ -23,6 +23,7 @@ from aqr_exp.results.compare import (
     COST,
     DETECTION,
     PER_CLASS_AP,
+    BootstrapSettings,
     Comparison,
     RunResult,
     compare,
@@ -162,7 +163,13 @@ def _finding(comparison: Comparison, metric: str) -> str:
         return f"- {metric}: no variant improves on the baseline ({base_value})."
     delta = comparison.stat(winner, metric, "delta")
     small = min(len(comparison.runs[winner]), len(comparison.runs[baseline.label])) < 2
-    if small:
+    row = comparison.row(winner, metric)
+    if isinstance(row.get("verdict"), str):
+        verdict = (
+            f"95% interval [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]: {row['verdict']}"
+            + (", split noise only: n = 1 on one side" if small else "")
+        )
+    elif small:
         verdict = "n = 1 on one side, so there is no seed spread to judge it against"
     elif comparison.stat(winner, metric, "within_spread"):
         verdict = "within the seeds' spread: not a measurable difference"
@@ -172,6 +179,31 @@ def _finding(comparison: Comparison, metric: str) -> str:
         f"- Best {metric}: `{winner}`, {value} vs the baseline's {base_value} "
         f"(Δ {delta:+.4f}, {verdict})."
     )
+
+
+def _interval_findings(comparison: Comparison) -> list[str]:
+    """Which variants beat the baseline beyond noise, and what the split can resolve."""
+    summary = comparison.bootstrap
+    if summary is None:
+        return []
+    stats = comparison.stats
+    lines = []
+    for metric in FINDING_METRICS:
+        rows = stats[(stats["metric"] == metric) & stats["group"].isin(summary.groups)]
+        better = rows[rows["verdict"] == "better"]["group"].tolist()
+        worse = rows[rows["verdict"] == "worse"]["group"].tolist()
+        said = ", ".join(f"`{g}`" for g in better) if better else "no variant"
+        line = f"- Beyond noise on {metric}: {said} beats the baseline"
+        if worse:
+            line += f"; {', '.join(f'`{g}`' for g in worse)} is worse"
+        lines.append(line + ".")
+    unit = summary.settings.unit
+    resolvable = ", ".join(f"{m} ±{v:.4f}" for m, v in summary.resolvable.items())
+    lines.append(
+        f"- The smallest Δ this split can resolve (half the width of the baseline's own 95% "
+        f"interval over {summary.units} {unit}s): {resolvable}."
+    )
+    return lines
 
 
 def _cost_finding(comparison: Comparison) -> str | None:
@@ -217,10 +249,20 @@ def portable(text: str) -> str:
     return text.replace(f"{paths.REPO_ROOT}/", "").replace(str(paths.REPO_ROOT), ".")
 
 
+WORK_DIR_LINE = "work_dir = "
+
+
 def _config_lines(path: Path) -> list[str]:
-    """The saved config without `work_dir`, which names the run, not the variant."""
+    """The saved config without `work_dir`, which names the run, not the variant (paths
+    under it, such as where predictions go, read `<work_dir>`)."""
     lines = path.read_text(encoding="utf-8").splitlines()
-    return [portable(line) for line in lines if not line.startswith("work_dir = ")]
+    work_dir = next((line[len(WORK_DIR_LINE) :].strip("'\"") for line in lines
+                     if line.startswith(WORK_DIR_LINE)), None)  # fmt: skip
+    return [
+        portable(line.replace(work_dir, "<work_dir>") if work_dir else line)
+        for line in lines
+        if not line.startswith(WORK_DIR_LINE)
+    ]
 
 
 def config_diff(base: RunResult, run: RunResult) -> str:
@@ -304,12 +346,14 @@ def report_markdown(
     title = comparison.study or "selected runs"
     parts = [f"# Results: {title}", _setup(comparison)]
     findings = [_finding(comparison, m) for m in FINDING_METRICS]
+    findings += _interval_findings(comparison)
     cost = _cost_finding(comparison)
     parts.append("## Summary\n\n" + "\n".join([*findings, *([cost] if cost else [])]))
     table_number = figure_number = 0
     by_section: dict[str, list[Table]] = {}
     for table in tables(comparison, "markdown"):
-        by_section.setdefault(table.key.removesuffix("_delta"), []).append(table)
+        section = table.key.removesuffix("_delta").removesuffix("_intervals")
+        by_section.setdefault(section, []).append(table)
     for section, heading in _SECTION_HEADINGS.items():
         blocks = []
         for table in by_section.get(section, []):
@@ -349,10 +393,11 @@ def write_report(
     study: str | None = None,
     by: str | None = None,
     extra: Sequence[ExtraFigure] = (),
+    bootstrap: BootstrapSettings | None = None,
 ) -> Path:
     """Write `<results_root>/<study>/report.md` and its figures; return the report's path."""
     study, results, notes = select_runs(results_root, study)
-    comparison = compare(results, by=by, study=study, notes=notes)
+    comparison = compare(results, by=by, study=study, notes=notes, bootstrap=bootstrap)
     out_dir = results_root / str(study)
     figures = build_figures(comparison)
     for figure in figures:
