@@ -232,6 +232,7 @@ def set_seed(cfg: Config, seed: int) -> None:
 
 
 PREDICTIONS_DIR = "predictions"
+NUSCENES_METRICS = ("NuScenesMetric", "CmtNuScenesMetric")
 # Keys that name where a run writes, not what it trains: they differ between any two runs.
 RUN_PLACES = frozenset(
     {"work_dir", "val_evaluator.jsonfile_prefix", "test_evaluator.jsonfile_prefix"}
@@ -245,7 +246,7 @@ def keep_predictions(cfg: Config) -> None:
     for loop in ("val", "test"):
         evaluators = cfg.get(f"{loop}_evaluator")
         for evaluator in evaluators if isinstance(evaluators, list) else [evaluators]:
-            if isinstance(evaluator, dict) and evaluator.get("type") == "NuScenesMetric":
+            if isinstance(evaluator, dict) and evaluator.get("type") in NUSCENES_METRICS:
                 evaluator["jsonfile_prefix"] = str(Path(cfg.work_dir) / PREDICTIONS_DIR / loop)
 
 

@@ -253,3 +253,29 @@ def test_compare_and_report_show_each_delta_with_interval_and_verdict(
     text = (root / "handmade" / "report.md").read_text()
     assert "Beyond noise on mAP: `better_variant` beats the baseline" in text
     assert "The smallest Δ this split can resolve" in text
+
+
+def test_a_detector_without_boxes_scores_zero_under_the_metric_names(
+    scored: dict[str, Any], tmp_path: Path
+) -> None:
+    """The devkit raises on an empty prediction set; the plugin's metric reports what the
+    devkit defines for it, under the names NuScenesMetric uses for a real evaluation."""
+    from cmt_aqr.metric import CmtNuScenesMetric
+
+    root = scored["root"]
+    metric = CmtNuScenesMetric(data_root=str(root), ann_file=str(root / "nuscenes_infos_val.pkl"))
+    metric.version = VERSION
+    names = list(matching.match_predictions(scored["paths"]["good"], root, VERSION).classes)
+    real = metric._evaluate_single(str(scored["paths"]["good"]), names)
+    payload = json.loads(scored["paths"]["good"].read_text())
+    empty = tmp_path / "empty" / "results_nusc.json"
+    empty.parent.mkdir()
+    empty.write_text(json.dumps({**payload, "results": {key: [] for key in payload["results"]}}))
+    zero = metric._evaluate_single(str(empty), names)
+    assert set(zero) == set(real)
+    prefix = "pred_instances_3d_NuScenes/"
+    assert zero[f"{prefix}mAP"] == zero[f"{prefix}NDS"] == 0.0 and zero[f"{prefix}mATE"] == 1.0
+    assert zero[f"{prefix}car_AP_dist_4.0"] == 0.0 and zero[f"{prefix}car_vel_err"] == 1.0
+    assert np.isnan(zero[f"{prefix}traffic_cone_attr_err"])
+    for key, value in real.items():  # the devkit's NaNs are the same ones
+        assert np.isnan(value) == np.isnan(zero[key]), key

@@ -197,8 +197,8 @@ def keep_matches(run_dir: Path, work_dir: Path, chosen: dict[str, Any]) -> dict[
     they are; None when the run kept none (older runs, imported logs)."""
     where = chosen["source"]["metrics"]["from"]
     results = predictions_file(work_dir, where)
-    if not results.is_file():
-        return None
+    if not results.is_file() or not any(json.loads(results.read_text())["results"].values()):
+        return None  # nothing kept, or a detector without boxes: nothing to resample
     path = results.with_name("matches.npz")
     if not path.is_file() or path.stat().st_mtime < results.stat().st_mtime:
         data_root, version = evaluated_split(run_dir, "test" if where == "test" else "val")

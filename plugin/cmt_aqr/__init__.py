@@ -11,6 +11,7 @@ from cmt_aqr.assigner import CmtHungarianAssigner3D
 from cmt_aqr.box_coder import CmtBBoxCoder
 from cmt_aqr.detector import CmtDetector
 from cmt_aqr.head import CmtHead
+from cmt_aqr.metric import CmtNuScenesMetric
 from cmt_aqr.necks import CmtCPFPN
 from cmt_aqr.transformer import CmtTransformer, CmtTransformerDecoder
 from cmt_aqr.transforms import (
@@ -33,6 +34,7 @@ __all__ = [
     "CmtHungarianAssigner3D",
     "CmtImageAug",
     "CmtModalityMask",
+    "CmtNuScenesMetric",
     "CmtTransformer",
     "CmtTransformerDecoder",
     "CmtVoVNet",

@@ -141,6 +141,6 @@ val_dataloader = dict(
 test_dataloader = val_dataloader
 
 val_evaluator = dict(
-    type='NuScenesMetric', data_root=data_root, ann_file=data_root + 'nuscenes_infos_val.pkl',
+    type='CmtNuScenesMetric', data_root=data_root, ann_file=data_root + 'nuscenes_infos_val.pkl',
     metric='bbox', backend_args=backend_args)
 test_evaluator = val_evaluator
