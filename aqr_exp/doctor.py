@@ -101,7 +101,13 @@ def check_plugin() -> Check:
         registry = importlib.import_module("mmdet3d.registry")
     except Exception as err:  # the plugin must import cleanly; say why it does not
         return Check("plugin", False, f"`import cmt_aqr` fails: {err}", INSTALL_FIX)
-    registries = [registry.MODELS, registry.TRANSFORMS, registry.TASK_UTILS, registry.HOOKS]
+    registries = [
+        registry.MODELS,
+        registry.TRANSFORMS,
+        registry.TASK_UTILS,
+        registry.HOOKS,
+        registry.METRICS,
+    ]
     missing = [
         name for name in plugin.__all__ if not any(reg.get(name) is not None for reg in registries)
     ]
