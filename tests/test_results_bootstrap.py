@@ -279,3 +279,16 @@ def test_a_detector_without_boxes_scores_zero_under_the_metric_names(
     assert np.isnan(zero[f"{prefix}traffic_cone_attr_err"])
     for key, value in real.items():  # the devkit's NaNs are the same ones
         assert np.isnan(value) == np.isnan(zero[key]), key
+
+
+def test_collect_keeps_predictions_only_if_they_reproduce_the_logged_numbers(
+    scored: dict[str, Any],
+) -> None:
+    from aqr_exp.results.collect import numbers_differ
+
+    table = scored["tables"]["good"]
+    logged = evaluate(table, np.ones(len(table.samples), dtype=np.int64))
+    path = scored["paths"]["good"]
+    assert numbers_differ(table, {"mAP": logged["mAP"], "NDS": logged["NDS"]}, path) is None
+    problem = numbers_differ(table, {"mAP": logged["mAP"] + 0.01}, path)
+    assert problem is not None and str(path) in problem and "mAP" in problem

@@ -203,7 +203,10 @@ def keep_matches(run_dir: Path, work_dir: Path, chosen: dict[str, Any]) -> dict[
     if not path.is_file() or path.stat().st_mtime < results.stat().st_mtime:
         data_root, version = evaluated_split(run_dir, "test" if where == "test" else "val")
         table = matching.match_predictions(results, data_root, version)
-        check_same_numbers(table, chosen["metrics"], results)
+        problem = numbers_differ(table, chosen["metrics"], results)
+        if problem:
+            logger.warning("%s: kept without an interval", problem)
+            return None
         matching.save(table, path)
     table = matching.load(path)
     return {
@@ -214,15 +217,17 @@ def keep_matches(run_dir: Path, work_dir: Path, chosen: dict[str, Any]) -> dict[
     }
 
 
-def check_same_numbers(table: matching.MatchTable, logged: dict[str, float], path: Path) -> None:
-    """The kept predictions must reproduce the logged mAP/NDS (logged to 4 decimals)."""
+def numbers_differ(table: matching.MatchTable, logged: dict[str, float], path: Path) -> str | None:
+    """Why the kept predictions are not the reported evaluation's (they must reproduce
+    its mAP/NDS), or None when they are."""
     recomputed = evaluate(table, np.ones(len(table.samples), dtype=np.int64))
     for name in ("mAP", "NDS"):
         if name in logged and abs(recomputed[name] - logged[name]) > 1e-4:
-            raise AqrError(
+            return (
                 f"{path}: its predictions score {name} {recomputed[name]:.4f}, the run logged "
                 f"{logged[name]:.4f}: they are not the reported evaluation's"
             )
+    return None
 
 
 def resolve_work_dir(work_dir: str, results_root: Path) -> Path:
