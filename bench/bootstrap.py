@@ -24,7 +24,8 @@ import torch
 
 from aqr_exp.files import write_atomic, write_json_atomic
 from aqr_exp.results.bootstrap import group_resamples, resample_counts
-from aqr_exp.results.matching import TP_METRICS, ClassMatches, MatchTable
+from aqr_exp.results.matching import ClassMatches, MatchTable
+from aqr_exp.results.nuscenes import TP_ERRORS
 
 log = logging.getLogger("bench.bootstrap")
 RESULTS = Path(__file__).parent / "results"
@@ -49,7 +50,7 @@ def generated_table(samples: int, scenes: int, per_sample: int, seed: int) -> Ma
         # About 4-7 % true positives (a few per sample of ~30 boxes), most at high scores.
         base = rng.random(len(score))
         tp = np.stack([base < score**2 * (0.4 + 0.1 * i) for i in range(len(DIST_THS))])
-        errors = np.where(tp[2], rng.gamma(2.0, 0.15, size=(len(TP_METRICS), len(score))), np.nan)
+        errors = np.where(tp[2], rng.gamma(2.0, 0.15, size=(len(TP_ERRORS), len(score))), np.nan)
         matches.append(ClassMatches(score, sample, tp, errors))
     return MatchTable(
         classes=CLASSES,

@@ -18,13 +18,13 @@ import pytest
 from aqr_exp.errors import AqrError
 from aqr_exp.results import matching
 from aqr_exp.results.bootstrap import (
-    SUMMARY_OF,
     evaluate,
     group_resamples,
     interval,
     resample_counts,
     resolvable_delta,
 )
+from aqr_exp.results.nuscenes import ERROR_SUMMARY
 
 VERSION = "v1.0-trainval"
 
@@ -93,7 +93,7 @@ def _devkit_metrics(evaluation: Any) -> dict[str, float]:
     metrics, _ = evaluation.evaluate()
     summary = metrics.serialize()
     values = {"mAP": summary["mean_ap"], "NDS": summary["nd_score"]}
-    values |= {SUMMARY_OF[k]: v for k, v in summary["tp_errors"].items()}
+    values |= {ERROR_SUMMARY[k]: v for k, v in summary["tp_errors"].items()}
     return values | summary["mean_dist_aps"]
 
 
@@ -247,7 +247,7 @@ def test_compare_and_report_show_each_delta_with_interval_and_verdict(
     scenes = len(scored["tables"]["good"].scenes)
     assert f"the split has only {scenes} scenes to resample" in csv.stderr
     bad = runner.invoke(app, ["compare", *args, "--bootstrap-unit", "frame"])
-    assert bad.exit_code == 2 and "--bootstrap-unit 'frame'" in bad.output
+    assert bad.exit_code == 2 and "bootstrap unit 'frame'" in bad.output
     report = runner.invoke(app, ["report", *args, "--bootstrap-unit", "sample"])
     assert report.exit_code == 0, report.output
     text = (root / "handmade" / "report.md").read_text()

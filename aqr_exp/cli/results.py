@@ -9,9 +9,7 @@ from pathlib import Path
 
 import typer
 
-from aqr_exp.errors import AqrError
 from aqr_exp.paths import RESULTS
-from aqr_exp.results.bootstrap import UNITS
 from aqr_exp.results.collect import collect as collect_runs
 from aqr_exp.results.compare import BootstrapSettings, select_runs
 from aqr_exp.results.compare import compare as compare_runs
@@ -79,12 +77,6 @@ BOOTSTRAP_UNIT = typer.Option(
 BOOTSTRAP_SEED = typer.Option(0, "--bootstrap-seed", help="Seed of the bootstrap resampling.")
 
 
-def bootstrap_settings(resamples: int, unit: str, seed: int) -> BootstrapSettings:
-    if unit not in UNITS:
-        raise AqrError(f"--bootstrap-unit {unit!r}: expected one of {', '.join(UNITS)}")
-    return BootstrapSettings(resamples=resamples, unit=unit, seed=seed)
-
-
 def compare(
     runs: list[str] | None = typer.Argument(
         None, help="Run ids or run dirs (default: the study's finished runs)."
@@ -104,7 +96,7 @@ def compare(
     Each Δ gets a 95% interval from a paired bootstrap of the validation scenes and a
     verdict (better / worse / within noise); also per-class AP, cost, and warnings
     where the evidence is thin."""
-    settings = bootstrap_settings(resamples, bootstrap_unit, bootstrap_seed)
+    settings = BootstrapSettings(resamples=resamples, unit=bootstrap_unit, seed=bootstrap_seed)
     study, results, notes = select_runs(results_root, study, runs or [])
     comparison = compare_runs(results, by=by, study=study, notes=notes, bootstrap=settings)
     typer.echo(render(comparison, output_format.value), nl=False)
@@ -134,7 +126,7 @@ def report(
 
     Tables, figures, config diffs against the baseline, and provenance; with --viz
     also the AQR windows and modality weights of the best AQR run."""
-    settings = bootstrap_settings(resamples, bootstrap_unit, bootstrap_seed)
+    settings = BootstrapSettings(resamples=resamples, unit=bootstrap_unit, seed=bootstrap_seed)
     extra = []
     if viz:
         # mmdet3d and torch take seconds to import: only when pictures are asked for.

@@ -22,16 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from aqr_exp.errors import AqrError
-from aqr_exp.results.matching import TP_METRICS, MatchTable
+from aqr_exp.results.matching import MatchTable
+from aqr_exp.results.nuscenes import ERROR_SUMMARY, TP_ERRORS
 
 RECALLS = np.linspace(0, 1, 101)
-SUMMARY_OF = {
-    "trans_err": "mATE",
-    "scale_err": "mASE",
-    "orient_err": "mAOE",
-    "vel_err": "mAVE",
-    "attr_err": "mAAE",
-}
 # The devkit leaves these TP errors undefined for the class (NaN).
 UNDEFINED_TP = {
     "traffic_cone": {"attr_err", "vel_err", "orient_err"},
@@ -160,17 +154,17 @@ def evaluate(
                     np.nan
                     if metric in UNDEFINED_TP.get(name, ())
                     else _calc_tp(curves, i, cfg["min_recall"])
-                    for i, metric in enumerate(TP_METRICS)
+                    for i, metric in enumerate(TP_ERRORS)
                 ]
         class_ap[name] = float(np.mean(aps))
     metrics = {"mAP": float(np.mean(list(class_ap.values())))}
     tp_matrix = np.array([class_tp[name] for name in table.classes])
-    for i, metric in enumerate(TP_METRICS):
+    for i, metric in enumerate(TP_ERRORS):
         column = tp_matrix[:, i]
-        metrics[SUMMARY_OF[metric]] = (
+        metrics[ERROR_SUMMARY[metric]] = (
             float(np.nanmean(column)) if np.isfinite(column).any() else float("nan")
         )
-    tp_scores = [max(0.0, 1.0 - metrics[SUMMARY_OF[m]]) for m in TP_METRICS]
+    tp_scores = [max(0.0, 1.0 - metrics[ERROR_SUMMARY[m]]) for m in TP_ERRORS]
     weight = cfg["mean_ap_weight"]
     metrics["NDS"] = float(
         (weight * metrics["mAP"] + np.sum(tp_scores)) / (weight + len(tp_scores))

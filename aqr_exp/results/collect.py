@@ -170,10 +170,9 @@ def collect_work_dir(work_dir: Path, run_identity: dict[str, Any]) -> dict[str, 
     return metrics_payload(run_identity, evaluations, chosen, logs.train, source)
 
 
-def predictions_file(work_dir: Path, chosen_from: str) -> Path:
-    """Where NuScenesMetric left the predictions of the reported evaluation
-    (`configs.keep_predictions`); each loop's file holds its latest evaluation."""
-    loop = "test" if chosen_from == "test" else "val"
+def predictions_file(work_dir: Path, loop: str) -> Path:
+    """Where NuScenesMetric left the predictions of a loop's (`val`, `test`) latest
+    evaluation (`configs.keep_predictions`)."""
     return work_dir / PREDICTIONS_DIR / loop / "pred_instances_3d" / "results_nusc.json"
 
 
@@ -194,21 +193,26 @@ def evaluated_split(run_dir: Path, loop: str) -> tuple[Path, str]:
 
 def keep_matches(run_dir: Path, work_dir: Path, chosen: dict[str, Any]) -> dict[str, Any] | None:
     """Match the reported evaluation's predictions once (`matching.py`) and say where
-    they are; None when the run kept none (older runs, imported logs)."""
-    where = chosen["source"]["metrics"]["from"]
-    results = predictions_file(work_dir, where)
-    if not results.is_file() or not any(json.loads(results.read_text())["results"].values()):
-        return None  # nothing kept, or a detector without boxes: nothing to resample
+    they are; None when the run kept none (older runs, imported logs), when its
+    detector gave no box (nothing to resample), or when they are not the reported
+    evaluation's."""
+    loop = "test" if chosen["source"]["metrics"]["from"] == "test" else "val"
+    results = predictions_file(work_dir, loop)
+    if not results.is_file():
+        return None
     path = results.with_name("matches.npz")
-    if not path.is_file() or path.stat().st_mtime < results.stat().st_mtime:
-        data_root, version = evaluated_split(run_dir, "test" if where == "test" else "val")
+    if path.is_file() and path.stat().st_mtime >= results.stat().st_mtime:
+        table = matching.load(path)
+    else:
+        if not any(json.loads(results.read_text(encoding="utf-8"))["results"].values()):
+            return None
+        data_root, version = evaluated_split(run_dir, loop)
         table = matching.match_predictions(results, data_root, version)
         problem = numbers_differ(table, chosen["metrics"], results)
         if problem:
             logger.warning("%s: kept without an interval", problem)
             return None
         matching.save(table, path)
-    table = matching.load(path)
     return {
         "file": str(results),
         "matches": str(path),

@@ -21,6 +21,7 @@ import pandas as pd
 from aqr_exp.errors import AqrError
 from aqr_exp.results import matching
 from aqr_exp.results.bootstrap import (
+    UNITS,
     group_resamples,
     interval,
     resample_counts,
@@ -103,6 +104,10 @@ class BootstrapSettings:
     unit: str = "scene"
     seed: int = 0
     workers: int = field(default_factory=lambda: min(os.cpu_count() or 1, 8))
+
+    def __post_init__(self) -> None:
+        if self.unit not in UNITS:
+            raise AqrError(f"bootstrap unit {self.unit!r}: expected one of {', '.join(UNITS)}")
 
 
 @dataclass(frozen=True)

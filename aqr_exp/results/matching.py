@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 
 from aqr_exp.errors import AqrError
+from aqr_exp.results.nuscenes import TP_ERRORS
 
 # What NuScenesMetric evaluates for each dataset version.
 EVAL_SETS = {"v1.0-trainval": "val", "v1.0-mini": "mini_val"}
-TP_METRICS = ("trans_err", "scale_err", "orient_err", "vel_err", "attr_err")
 FORMAT_VERSION = 1
 
 
@@ -65,7 +65,7 @@ def _class_matches(
     preds = [preds[i] for i in order]
     dist_ths = list(cfg.dist_ths)
     tp = np.zeros((len(dist_ths), len(preds)), dtype=bool)
-    errors = np.full((len(TP_METRICS), len(preds)), np.nan)
+    errors = np.full((len(TP_ERRORS), len(preds)), np.nan)
     tp_row = dist_ths.index(cfg.dist_th_tp)
     period = np.pi if class_name == "barrier" else 2 * np.pi
 

@@ -27,6 +27,8 @@ CLASSES = (
 SUMMARY = ("mAP", "NDS", "mATE", "mASE", "mAOE", "mAVE", "mAAE")
 DISTANCES = ("0.5", "1.0", "2.0", "4.0")
 TP_ERRORS = ("trans_err", "scale_err", "orient_err", "vel_err", "attr_err")
+# Each TP error and the summary metric that averages it over classes (mATE, ...).
+ERROR_SUMMARY = dict(zip(TP_ERRORS, SUMMARY[2:], strict=True))
 HIGHER_IS_BETTER = {"mAP": True, "NDS": True} | {name: False for name in SUMMARY[2:]}
 BEST_BY = "NDS"
 
