@@ -169,6 +169,8 @@ def coerce(key: str, current: Any, value: Any) -> Any:
         value = type(current)(value) if ok else value
     elif isinstance(current, Mapping):
         ok = isinstance(value, Mapping)
+        if ok and current.get("type") == value.get("type"):
+            value = _coerce_mapping(key, current, value)
     else:
         ok = True
     if not ok:
@@ -177,6 +179,22 @@ def coerce(key: str, current: Any, value: Any) -> Any:
             f"got {value!r}, {_type_name(value)}"
         )
     return value
+
+
+def _coerce_mapping(key: str, current: Mapping[str, Any], value: Mapping[str, Any]) -> dict:
+    """A mapping of the config's own `type` replaces the config's: each of its keys is
+    one the config has, with a value of its type (a typo fails at plan time, not in
+    the model's constructor an hour later). A mapping of another type is a new object
+    the config cannot describe: it is taken as it is."""
+    checked = {}
+    for sub, item in value.items():
+        if sub not in current:
+            suggestion = closest(str(sub), [str(k) for k in current])
+            hint = f"did you mean {suggestion!r}? " if suggestion else ""
+            known = ", ".join(str(k) for k in current)
+            raise AqrError(f"{key}: unknown key {sub!r}; {hint}(the config's {key} has: {known})")
+        checked[sub] = coerce(f"{key}.{sub}", current[sub], item)
+    return checked
 
 
 def apply_overrides(cfg: Config, overrides: Mapping[str, Any], where: str) -> None:

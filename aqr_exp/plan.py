@@ -63,8 +63,8 @@ class Run:
 class Target:
     """Where and at which scale a plan runs (spec defaults, CLI overrides)."""
 
-    results_root: Path = paths.RESULTS
-    work_root: Path = paths.WORK_ROOT
+    results_root: Path = field(default_factory=paths.results_root)
+    work_root: Path = field(default_factory=paths.work_root)
     profile: str | None = None
     data_root: Path | None = None
     seeds: tuple[int, ...] | None = None
@@ -90,9 +90,9 @@ def study_name(spec: Spec, profile: Profile) -> str:
 
 
 def _display_path(path: Path) -> str:
-    """Repository-relative when inside it, so run ids survive moving the checkout."""
+    """Project-relative when inside it, so run ids survive moving the project."""
     try:
-        return str(path.resolve().relative_to(paths.REPO_ROOT))
+        return str(path.resolve().relative_to(paths.project_root()))
     except ValueError:
         return str(path.resolve())
 

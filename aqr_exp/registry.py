@@ -101,11 +101,11 @@ def _plain(value: Any) -> Any:
 
 
 def git_commit() -> str | None:
-    """The repository's commit, `+dirty` when the tree has changes; None outside git."""
+    """The commit of the aqr-exp code that runs (`+dirty` with changes); None outside git."""
 
     def git(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["git", *args], cwd=paths.REPO_ROOT, capture_output=True, text=True, check=False
+            ["git", *args], cwd=paths.PACKAGE_ROOT, capture_output=True, text=True, check=False
         )
 
     if shutil.which("git") is None:

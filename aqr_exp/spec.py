@@ -18,7 +18,6 @@ from aqr_exp import paths, safe_yaml
 from aqr_exp.configs import closest
 from aqr_exp.errors import AqrError
 
-DEFAULT_SPEC = paths.EXPERIMENTS / "aqr_cmt.yaml"
 MAX_SEED = 2**32 - 1  # numpy (and so mmengine's set_random_seed) takes 32-bit unsigned seeds
 
 
@@ -303,7 +302,7 @@ def _profiles(reader: _Reader, config_dir: Path, spec_dir: Path) -> dict[str, Pr
         profiles[str(name)] = Profile(
             name=str(name),
             config=config_dir / entry.get("config", str),
-            data_root=paths.DEFAULT_DATA_ROOT
+            data_root=paths.default_data_root()
             if data_root is None
             else _resolve(spec_dir, data_root),
             synth=synth,
@@ -398,9 +397,10 @@ def _seeds(reader: _Reader) -> tuple[int, ...]:
     return tuple(seeds)
 
 
-def load_spec(path: Path = DEFAULT_SPEC) -> Spec:
-    """Read and check a spec file; relative paths in it are relative to the file."""
-    path = path.resolve()
+def load_spec(path: Path | None = None) -> Spec:
+    """Read and check a spec file (default: paths.default_spec()); relative paths in it
+    are relative to the file."""
+    path = (path or paths.default_spec()).resolve()
     reader = _Reader(_read_yaml(path), "", path).only(
         "study", "description", "config_dir", "profile", "profiles", "baseline", "variants",
         "sweeps", "seeds", "train", "launcher",

@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         results_root = args.results_root or Path(temp) / "results"
         work_root = args.work_root or Path(temp) / "work_dirs"
         roots = ["--results-root", results_root, "--work-root", work_root]
-        data_generated = not paths.DEFAULT_DATA_ROOT.is_dir()
+        data_generated = not paths.default_data_root().is_dir()
         sweep_s = aqr_exp("sweep", "window_size", *roots)
         seeds_s = aqr_exp("run", "baseline", "--seeds", args.extra_seeds, *roots)
         aqr_exp("report", "--study", STUDY, "--results-root", results_root)

@@ -16,11 +16,11 @@ def test_attention_bench_writes_ratios_to_the_floor_of_the_same_run(tmp_path: Pa
     stem = tmp_path / "attention"
     subprocess.run(
         [
-            sys.executable, str(paths.REPO_ROOT / "bench" / "attention.py"),
+            sys.executable, str(paths.PACKAGE_ROOT / "bench" / "attention.py"),
             "--sizes", "demo", "--methods", "floor,dense,prototype",
             "--budget-s", "0", "--out", str(stem),
         ],
-        check=True, cwd=paths.REPO_ROOT,
+        check=True, cwd=paths.PACKAGE_ROOT,
     )  # fmt: skip
     payload = json.loads(stem.with_suffix(".json").read_text())
     rows = payload["results"]
@@ -40,11 +40,11 @@ def test_bootstrap_bench_runs_small_and_reports_its_time(tmp_path: Path) -> None
     stem = tmp_path / "bootstrap"
     subprocess.run(
         [
-            sys.executable, str(paths.REPO_ROOT / "bench" / "bootstrap.py"),
+            sys.executable, str(paths.PACKAGE_ROOT / "bench" / "bootstrap.py"),
             "--resamples", "4", "--samples", "60", "--scenes", "6", "--per-sample", "40",
             "--workers", "2", "--out", str(stem),
         ],
-        check=True, cwd=paths.REPO_ROOT,
+        check=True, cwd=paths.PACKAGE_ROOT,
     )  # fmt: skip
     payload = json.loads(stem.with_suffix(".json").read_text())
     assert payload["resamples"] == 4 and payload["predictions_per_run"] == 60 * 40

@@ -21,7 +21,7 @@ def _roots(tmp_path: Path) -> list[object]:
 
 
 def test_dry_run_of_the_main_job_lists_runs_and_diffs_and_writes_nothing(tmp_path: Path) -> None:
-    data_existed = paths.DEFAULT_DATA_ROOT.exists()
+    data_existed = paths.default_data_root().exists()
     result = cli("sweep", "window_size", "--dry-run", *_roots(tmp_path))
     assert result.exit_code == 0, result.output
     out = result.stdout
@@ -43,7 +43,7 @@ def test_dry_run_of_the_main_job_lists_runs_and_diffs_and_writes_nothing(tmp_pat
     assert "identical" in diff.split("new_aqr-")[0]  # the baseline against itself
     assert "Dry run: nothing was started or written." in out
     assert nothing_written(tmp_path)
-    assert paths.DEFAULT_DATA_ROOT.exists() == data_existed
+    assert paths.default_data_root().exists() == data_existed
     if not data_existed:
         assert "(absent: generated first)" in out
 
@@ -206,3 +206,34 @@ def test_apply_overrides_rejects_a_bool_for_a_number() -> None:
     cfg = configs.Config(dict(lr=0.1))
     with pytest.raises(AqrError, match="lr takes a number"):
         configs.apply_overrides(cfg, {"lr": True}, "test")
+
+
+def _spec_with_variant(tmp_path: Path, aqr_override: str) -> Path:
+    """The bundled spec plus one variant overriding the AQR block with a mapping."""
+    spec = tmp_path / "spec.yaml"
+    text = paths.BUNDLED_SPEC.read_text().replace(
+        "  new_aqr:\n",
+        "  typo:\n    config_prefix: cmt-aqr-new\n"
+        f"    overrides:\n      model.pts_bbox_head.aqr: {aqr_override}\n  new_aqr:\n",
+    )
+    spec.write_text(text.replace("data_root: ../data/nuscenes", "data_root: /nus"))
+    return spec
+
+
+def test_a_typo_inside_a_mapping_override_fails_at_plan_time(tmp_path: Path) -> None:
+    spec = _spec_with_variant(tmp_path, "{type: new, windw_size: 8}")
+    message = _bad(tmp_path, "run", "typo", "--dry-run", "--spec", spec, *_roots(tmp_path))
+    assert "model.pts_bbox_head.aqr: unknown key 'windw_size'; did you mean 'window_size'?" in (
+        message
+    )
+    wrong_type = _spec_with_variant(tmp_path, "{type: new, window_size: big}")
+    message = _bad(tmp_path, "run", "typo", "--spec", wrong_type, *_roots(tmp_path))
+    assert "model.pts_bbox_head.aqr.window_size takes an integer" in message
+
+
+def test_a_mapping_override_of_known_keys_replaces_the_block(tmp_path: Path) -> None:
+    spec = _spec_with_variant(tmp_path, "{type: new, window_size: 3, bias_scale: 1}")
+    result = cli("run", "typo", "--dry-run", "--spec", spec, *_roots(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "model.pts_bbox_head.aqr.window_size: — → 3" in result.stdout
+    assert nothing_written(tmp_path)

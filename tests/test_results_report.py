@@ -171,8 +171,11 @@ def test_cli_report(root: Path) -> None:
     assert missing.exit_code == 2
 
 
-def test_paths_inside_the_checkout_are_shown_repo_relative() -> None:
-    inside = f"python -m aqr_exp.train {paths.REPO_ROOT}/results/s/runs/r/config.py"
+def test_paths_inside_the_project_are_shown_project_relative(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(paths.ROOT_ENV, str(tmp_path))
+    inside = f"python -m aqr_exp.train {tmp_path.resolve()}/results/s/runs/r/config.py"
     assert portable(inside) == "python -m aqr_exp.train results/s/runs/r/config.py"
-    assert portable(str(paths.REPO_ROOT)) == "."
+    assert portable(str(tmp_path.resolve())) == "."
     assert portable("/elsewhere/data/nuscenes") == "/elsewhere/data/nuscenes"

@@ -11,18 +11,18 @@ from typer.testing import Result
 
 from aqr_exp import paths, safe_yaml
 from aqr_exp.errors import AqrError
-from aqr_exp.spec import DEFAULT_SPEC, load_spec
+from aqr_exp.spec import load_spec
 
 
 def test_default_spec_names_the_study_of_the_seed_report() -> None:
-    spec = load_spec(DEFAULT_SPEC)
+    spec = load_spec(paths.BUNDLED_SPEC)
     assert spec.study == "aqr_cmt"
     assert list(spec.variants) == ["baseline", "old_aqr", "new_aqr"]
     assert spec.sweeps["window_size"].values == (5, 8, 10, 15)
     assert spec.sweeps["bias_scale"].values == (0.5, 1.0, 2.0)
     assert {s.variant for s in spec.sweeps.values()} == {"new_aqr"}
     demo = spec.profile(None)
-    assert demo.name == "demo" and demo.data_root == paths.DEFAULT_DATA_ROOT
+    assert demo.name == "demo" and demo.data_root == paths.default_data_root()
     assert demo.synth is not None and demo.config.is_file()
     for name in ("old_aqr", "new_aqr"):
         for profile in spec.profiles.values():

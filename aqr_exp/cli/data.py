@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 
+from aqr_exp import paths
 from aqr_exp.data.synth import SynthSpec, generate
 from aqr_exp.errors import AqrError
-from aqr_exp.paths import DEFAULT_DATA_ROOT
 
 app = typer.Typer(
     help=(
@@ -30,7 +30,13 @@ def _image_size(value: str) -> tuple[int, int]:
 
 @app.command()
 def synth(
-    out: Path = typer.Option(DEFAULT_DATA_ROOT, "--out", help="Where to write the data set."),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        default_factory=paths.default_data_root,
+        show_default="<project>/data/synth-nus",
+        help="Where to write the data set.",
+    ),
     train_scenes: int = typer.Option(_DEFAULT.train_scenes, help="Scenes in the train split."),
     val_scenes: int = typer.Option(_DEFAULT.val_scenes, help="Scenes in the val split."),
     samples_per_scene: int = typer.Option(

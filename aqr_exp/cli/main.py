@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import typer
 from typer.core import TyperGroup
 
-from aqr_exp.cli import data, doctor, results, runs, viz
+from aqr_exp import paths
+from aqr_exp.cli import data, doctor, project, results, runs, viz
 from aqr_exp.errors import AqrError
+from aqr_exp.project import use_root
 
 
 class _Commands(TyperGroup):
@@ -38,7 +42,17 @@ app = typer.Typer(
 @app.callback()
 def main(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
+    root: Path | None = typer.Option(
+        None,
+        "--root",
+        envvar=paths.ROOT_ENV,
+        help="The project folder holding experiments/, results/, work_dirs/ and data/ "
+        "(default: the current directory).",
+    ),
 ) -> None:
+    if root is not None:
+        # Lazily read defaults and the training subprocesses see the same project.
+        os.environ[paths.ROOT_ENV] = str(use_root(root))
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -47,6 +61,7 @@ def main(
 
 data.register(app)
 doctor.register(app)
+project.register(app)
 results.register(app)
 runs.register(app)
 viz.register(app)

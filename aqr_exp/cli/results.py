@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from aqr_exp.paths import RESULTS
+from aqr_exp import paths
 from aqr_exp.results.collect import collect as collect_runs
 from aqr_exp.results.compare import BootstrapSettings, select_runs
 from aqr_exp.results.compare import compare as compare_runs
@@ -19,7 +19,11 @@ from aqr_exp.results.report import write_report
 from aqr_exp.results.runs import read_metrics
 
 RESULTS_ROOT = typer.Option(
-    RESULTS, "--results-root", help="The run registry's root (holds <study>/runs/<run_id>/)."
+    ...,
+    "--results-root",
+    default_factory=paths.results_root,
+    show_default="<project>/results",
+    help="The run registry's root (holds <study>/runs/<run_id>/).",
 )
 STUDY = typer.Option(None, "--study", "-s", help="The study (a folder under the results root).")
 

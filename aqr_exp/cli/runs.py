@@ -36,7 +36,6 @@ from aqr_exp.results.compare import BootstrapSettings, compare, select_runs
 from aqr_exp.results.render import render
 from aqr_exp.results.report import write_report
 from aqr_exp.spec import (
-    DEFAULT_SPEC,
     LauncherSettings,
     SlurmSettings,
     Spec,
@@ -46,7 +45,9 @@ from aqr_exp.spec import (
 )
 
 SPEC = typer.Option(
-    DEFAULT_SPEC, "--spec", help="The experiment spec (YAML) with variants, sweeps, seeds."
+    default_factory=paths.default_spec,
+    show_default="experiments/aqr_cmt.yaml, else the bundled example",
+    help="The experiment spec (YAML) with variants, sweeps, seeds.",
 )
 PROFILE = typer.Option(
     None,
@@ -64,10 +65,18 @@ SEEDS = typer.Option(
     None, "--seeds", help="Comma-separated seeds, e.g. 0,1,2 (default: the spec's)."
 )
 RESULTS_ROOT = typer.Option(
-    paths.RESULTS, "--results-root", help="The run registry's root (holds <study>/runs/<run_id>/)."
+    ...,
+    "--results-root",
+    default_factory=paths.results_root,
+    show_default="<project>/results",
+    help="The run registry's root (holds <study>/runs/<run_id>/).",
 )
 WORK = typer.Option(
-    paths.WORK_ROOT, "--work-root", help="Where the mmengine work dirs (checkpoints, logs) go."
+    ...,
+    "--work-root",
+    default_factory=paths.work_root,
+    show_default="<project>/work_dirs",
+    help="Where the mmengine work dirs (checkpoints, logs) go.",
 )
 LAUNCHER = typer.Option(
     None, "--launcher", help="local, torchrun or slurm (default: the spec's launcher.type)."

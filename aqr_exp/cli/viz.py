@@ -8,8 +8,8 @@ from pathlib import Path
 
 import typer
 
+from aqr_exp import paths
 from aqr_exp.files import write_atomic
-from aqr_exp.paths import WORK_ROOT
 
 app = typer.Typer(
     help=(
@@ -29,7 +29,7 @@ CHECKPOINT = typer.Option(
 
 
 def _out_dir(out: Path | None, config: Path) -> Path:
-    return out if out is not None else WORK_ROOT / "viz" / config.stem
+    return out if out is not None else paths.work_root() / "viz" / config.stem
 
 
 @app.command()

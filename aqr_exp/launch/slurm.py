@@ -63,7 +63,7 @@ def directives(
         "job-name": job_name,
         "output": output,
         "open-mode": "append",  # a requeued job adds to its log
-        "chdir": paths.REPO_ROOT,
+        "chdir": paths.project_root(),
         "requeue": True,
         "nodes": settings.nodes,
         "ntasks-per-node": max(1, settings.gpus_per_node),

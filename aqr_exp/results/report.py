@@ -244,9 +244,10 @@ def _matching_pair(
 
 
 def portable(text: str) -> str:
-    """Paths inside the checkout as repo-relative, so a report reads the same (and can
-    be shared) wherever the repository was cloned."""
-    return text.replace(f"{paths.REPO_ROOT}/", "").replace(str(paths.REPO_ROOT), ".")
+    """Paths inside the project as project-relative, so a report reads the same (and can
+    be shared) wherever the project lives."""
+    root = str(paths.project_root())
+    return text.replace(f"{root}/", "").replace(root, ".")
 
 
 WORK_DIR_LINE = "work_dir = "
