@@ -169,6 +169,10 @@ def test_cli_check_exit_status(synth_root: Path, root: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(app, ["data", "check", str(synth_root)])
     assert result.exit_code == 0, result.output
+    assert result.stderr.startswith(  # said before any pickle is loaded
+        "note: nuscenes_infos_train.pkl, nuscenes_infos_val.pkl are Python pickles, "
+        "which can run code when loaded"
+    )
     (root / TABLES / "map.json").unlink()
     result = runner.invoke(app, ["data", "check", str(root)])
     assert result.exit_code == 1

@@ -8,7 +8,6 @@ import typer
 
 from aqr_exp import paths
 from aqr_exp.data.synth import SynthSpec, generate
-from aqr_exp.errors import AqrError
 
 app = typer.Typer(
     help=(
@@ -66,12 +65,7 @@ def synth(
         image_size=_image_size(image_size),
         image_format=image_format,
     )
-    try:
-        summary = generate(spec, out, force=force)
-    except AqrError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from err
-    s = summary
+    s = generate(spec, out, force=force)
     typer.echo(
         f"wrote {s.root}: {s.scenes['train']} train + {s.scenes['val']} val scenes, "
         f"{sum(s.samples.values())} samples, {s.annotations} annotations, "
@@ -86,8 +80,18 @@ def check(root: Path = typer.Argument(..., help="The data root to check.")) -> N
 
     Tables present and loadable, references intact, every referenced file present, info
     files readable, train and val splits non-empty. Prints one line per problem and exits 1
-    when there is any."""
-    from aqr_exp.data.check import check_data_root
+    when there is any.
+
+    The info files are Python pickles, and loading a pickle can run code (mmdet3d loads
+    them the same way): check only data roots you trust."""
+    from aqr_exp.data.check import INFO_SPLITS, check_data_root
+
+    infos = ", ".join(f"nuscenes_infos_{split}.pkl" for split in INFO_SPLITS)
+    typer.echo(
+        f"note: {infos} are Python pickles, which can run code when loaded "
+        "(as mmdet3d loads them): check only data roots you trust",
+        err=True,
+    )
 
     problems = check_data_root(root)
     for problem in problems:
