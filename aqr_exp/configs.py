@@ -20,7 +20,8 @@ from typing import Any
 import yaml
 from mmengine.config import Config, ConfigDict
 
-from aqr_exp.errors import AqrError
+from aqr_exp.errors import AqrError, one_line
+from aqr_exp.files import check_input_file
 
 AQR_KEY = "model.pts_bbox_head.aqr"
 CAMERA_STRIDE = 16  # CMT's camera tokens come from the stride-16 level of CPFPN
@@ -36,11 +37,32 @@ class _Missing:
 MISSING = _Missing()
 
 
+CONFIG_EXPECTED = "an mmengine config file (.py)"
+
+
+def read_config(path: Path, *, import_custom_modules: bool = True) -> Config:
+    """Parse a config file a user names, or say in one line naming the file why not.
+
+    Only what a file that is not a config raises is caught (a Python syntax error, a
+    missing `_base_`, another format, undecodable bytes, a failed custom import): an
+    error raised by the config's own code keeps its traceback, which points at the line."""
+    check_input_file(path, "config", CONFIG_EXPECTED)
+    try:
+        return Config.fromfile(str(path), import_custom_modules=import_custom_modules)
+    except SyntaxError as err:
+        where = f" (line {err.lineno})" if err.lineno else ""
+        raise AqrError(
+            f"config {path}: not a valid mmengine config: Python syntax error{where}: {err.msg}"
+        ) from None
+    except (OSError, ValueError, ImportError, yaml.YAMLError) as err:
+        raise AqrError(
+            f"config {path}: not a valid mmengine config: {one_line(str(err))}"
+        ) from None
+
+
 def load_config(path: Path) -> Config:
     """Parse a config file without importing its custom modules (plans stay fast)."""
-    if not path.is_file():
-        raise AqrError(f"config file not found: {path}")
-    return Config.fromfile(str(path), import_custom_modules=False)
+    return read_config(path, import_custom_modules=False)
 
 
 def clone(cfg: Config) -> Config:
@@ -255,6 +277,26 @@ NUSCENES_METRICS = ("NuScenesMetric", "CmtNuScenesMetric")
 RUN_PLACES = frozenset(
     {"work_dir", "val_evaluator.jsonfile_prefix", "test_evaluator.jsonfile_prefix"}
 )
+LOGGING_KEY = "visualizer.vis_backends"  # the trackers a run logs to (aqr_exp.trackers)
+TRACKER_BACKENDS = frozenset({"TensorboardVisBackend", "MLflowVisBackend", "WandbVisBackend"})
+
+
+def is_run_place(key: str) -> bool:
+    """A dotted key that says where a run writes or logs, never what it trains."""
+    return key in RUN_PLACES or key == LOGGING_KEY or key.startswith(LOGGING_KEY + ".")
+
+
+def set_vis_backends(cfg: Config, backends: list[dict[str, Any]]) -> None:
+    """Log to these trackers only: the config's own tracker backends are replaced, its
+    LocalVisBackend (the scalars.json collect reads) is kept."""
+    visualizer = cfg.get("visualizer") or ConfigDict(type="Visualizer", name="visualizer")
+    local = [
+        b for b in visualizer.get("vis_backends") or [] if b.get("type") not in TRACKER_BACKENDS
+    ]
+    visualizer["vis_backends"] = (local or [ConfigDict(type="LocalVisBackend")]) + [
+        ConfigDict(backend) for backend in backends
+    ]
+    cfg.visualizer = visualizer
 
 
 def keep_predictions(cfg: Config) -> None:
@@ -356,12 +398,51 @@ def parse_value(text: str) -> Any:
         try:
             return yaml.safe_load(text.replace("(", "[").replace(")", "]"))
         except yaml.YAMLError as err:
-            raise AqrError(f"cannot parse the value {text!r}: {err}") from None
+            raise _ValueSyntaxError(text, _yaml_reason(err)) from None
     return text
+
+
+class _ValueSyntaxError(AqrError):
+    """A bracketed command-line value that is not valid YAML."""
+
+    def __init__(self, text: str, reason: str) -> None:
+        super().__init__(f"cannot parse the value {text!r}: {reason}")
+        self.text, self.reason = text, reason
+
+
+def _yaml_reason(err: yaml.YAMLError) -> str:
+    """PyYAML's problem and column, without its multi-line excerpt of the text."""
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem:
+        mark = err.problem_mark
+        return err.problem + (f" at column {mark.column + 1}" if mark is not None else "")
+    return one_line(str(err))
+
+
+def parse_values(text: str, option: str) -> list[Any]:
+    """The values of a sweep option (`5,8,[1,2]`): one line naming the option and the
+    whole value when a part is not valid YAML."""
+    expected = "expected e.g. 2,4,8 or [2, 4, 8]"
+    parts = [part.strip() for part in _split_outside_brackets(text)]
+    if not all(parts):
+        raise AqrError(f"{option} {text!r}: an empty value ({expected})")
+    try:
+        return [parse_value(part) for part in parts]
+    except _ValueSyntaxError as err:
+        which = "" if err.text == text.strip() else f"{err.text!r}: "
+        raise AqrError(
+            f"{option} {text!r}: not a YAML list ({expected}): {which}{err.reason}"
+        ) from None
 
 
 def split_values(text: str) -> list[str]:
     """Split `5,8,[1,2]` at the commas outside brackets."""
+    values = [part.strip() for part in _split_outside_brackets(text)]
+    if any(not value for value in values):
+        raise AqrError(f"empty value in {text!r}: give comma-separated values like 5,8,10")
+    return values
+
+
+def _split_outside_brackets(text: str) -> list[str]:
     parts, depth, current = [], 0, ""
     for char in text:
         if char in "[{(":
@@ -374,10 +455,7 @@ def split_values(text: str) -> list[str]:
         else:
             current += char
     parts.append(current)
-    values = [part.strip() for part in parts]
-    if any(not value for value in values):
-        raise AqrError(f"empty value in {text!r}: give comma-separated values like 5,8,10")
-    return values
+    return parts
 
 
 def bev_map_size(cfg: Config) -> tuple[int, int] | None:

@@ -1,5 +1,6 @@
 """Atomic file writes: a reader (or a crash) never sees a half-written file
-(run records, metrics, reports, figures, benchmark results)."""
+(run records, metrics, reports, figures, benchmark results); and the check of a
+file a user names before it is read."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from aqr_exp.errors import AqrError
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
@@ -31,3 +34,15 @@ def write_atomic(path: Path, data: str | bytes) -> None:
 def write_json_atomic(path: Path, payload: Any) -> None:
     """JSON with NaN kept as NaN (undefined nuScenes errors), as mmengine writes it."""
     write_atomic(path, json.dumps(payload, indent=2, allow_nan=True) + "\n")
+
+
+def check_input_file(path: Path, what: str, expected: str) -> Path:
+    """`path` is a regular file, or one line saying what it is instead and what was expected
+    (a directory is not "missing": the user named something that exists)."""
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise AqrError(f"{what} {path} is a directory; expected {expected}")
+    if path.exists():
+        raise AqrError(f"{what} {path} is not a regular file; expected {expected}")
+    raise AqrError(f"{what} {path} does not exist; expected {expected}")

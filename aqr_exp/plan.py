@@ -18,7 +18,7 @@ from typing import Any
 
 from mmengine.config import Config
 
-from aqr_exp import configs, paths
+from aqr_exp import configs, paths, trackers
 from aqr_exp.errors import AqrError
 from aqr_exp.spec import Profile, Spec, Sweep, Variant
 
@@ -51,6 +51,7 @@ class Run:
     run_dir: Path  # results/<study>/runs/<run_id>/
     work_dir: Path  # work_dirs/<study>/<run_id>/
     parent: Run | None = None  # warm start: trains from this run's final checkpoint
+    trackers: dict[str, str] = field(default_factory=dict)  # tracker → the study's place
 
     @property
     def label(self) -> str:
@@ -68,6 +69,7 @@ class Target:
     profile: str | None = None
     data_root: Path | None = None
     seeds: tuple[int, ...] | None = None
+    trackers: tuple[str, ...] | None = None  # None: the spec's
     check_data: bool = True  # False: configs only (e.g. written for another machine)
 
 
@@ -152,6 +154,8 @@ class _Builder:
         self.profile = spec.profile(target.profile)
         self.study = study_name(spec, self.profile)
         self.seeds = target.seeds or spec.seeds
+        self.trackers = spec.trackers if target.trackers is None else target.trackers
+        trackers.check_installed(self.trackers)
         self.data_root, self.generate_data = self._data_root()
         self._loaded: dict[str, tuple[Config, str]] = {}
 
@@ -212,6 +216,16 @@ class _Builder:
             configs.set_checkpoint_interval(cfg, self.spec.checkpoint_interval)
         cfg.work_dir = str(work_dir)
         configs.keep_predictions(cfg)
+        tags = {"study": self.study, "variant": variant.name, "seed": seed}
+        if sweep is not None:
+            tags[sweep.param] = sweep.value
+        group = variant.name if sweep is None else f"{variant.name}-{sweep.param}={sweep.value}"
+        configs.set_vis_backends(
+            cfg,
+            trackers.vis_backends(
+                self.trackers, self.target.work_root.resolve(), self.study, run_id, group, tags
+            ),
+        )
         if parent is not None:
             cfg.load_from = str(configs.final_checkpoint(parent.cfg))
         return Run(
@@ -227,6 +241,9 @@ class _Builder:
             run_dir=self.target.results_root.resolve() / self.study / RUNS_DIR / run_id,
             work_dir=work_dir,
             parent=parent,
+            trackers=trackers.study_places(
+                self.trackers, self.target.work_root.resolve(), self.study
+            ),
         )
 
     def plan(self, runs: list[Run], title: str) -> Plan:

@@ -21,7 +21,9 @@ import os
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator
+import types
+import typing
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,13 +31,15 @@ from typing import Any
 
 import yaml
 
-from aqr_exp import configs, paths
+from aqr_exp import configs, paths, safe_yaml
 from aqr_exp.errors import AqrError
 from aqr_exp.files import write_atomic
 from aqr_exp.launch import slurmctl
 from aqr_exp.launch.base import FINAL_STATES, TrainJob
 from aqr_exp.plan import RUNS_DIR, Plan, Run
 from aqr_exp.progress import tail_lines
+from aqr_exp.records import CorruptRecord
+from aqr_exp.results.runs import check_name
 
 RUN_FILE = "run.yaml"
 CONFIG_FILE = "config.py"
@@ -55,6 +59,18 @@ LOG_TAIL_LINES = 20
 
 class TransitionError(RuntimeError):
     """A status change the state machine does not allow (a bug, not user input)."""
+
+
+class RunHeld(AqrError):
+    """Runs another live process holds (queued or running): two `run`/`sweep` commands
+    on one study never train a run twice; the later one says who holds what."""
+
+    def __init__(self, held: list[str]) -> None:
+        self.held = held
+        super().__init__(
+            f"another process holds {', '.join(held)}: wait until it is done "
+            "(`aqr-exp status`) or stop it (`aqr-exp cancel RUN`), then run this again"
+        )
 
 
 @dataclass
@@ -80,8 +96,10 @@ class RunRecord:
     finished: str | None = None
     launcher: dict[str, Any] | None = None
     git_commit: str | None = None
+    code: str | None = None  # the aqr-exp checkout whose code trains the run
     data_root: str = ""
     init_from: str | None = None  # the run whose final checkpoint this one started from
+    trackers: dict[str, str] | None = None  # tracker → the study's place (aqr_exp.trackers)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(_plain(dataclasses.asdict(self)), sort_keys=False, allow_unicode=True)
@@ -118,10 +136,101 @@ def git_commit() -> str | None:
 
 
 def read(run_dir: Path) -> RunRecord | None:
+    """The run's record (None when it has no run.yaml); CorruptRecord when it is broken."""
+    fields = read_fields(run_dir)
+    return None if fields is None else RunRecord(**fields)
+
+
+def _no_default(f: dataclasses.Field[Any]) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+# What a record cannot do without: the fields RunRecord has no default for, and the
+# status (a file cut short after the first fields would otherwise read as planned).
+REQUIRED = (*(f.name for f in dataclasses.fields(RunRecord) if _no_default(f)), "status")
+
+
+def read_fields(run_dir: Path, required: Collection[str] = REQUIRED) -> dict[str, Any] | None:
+    """run.yaml's fields, checked against RunRecord (None when there is no run.yaml).
+
+    The one reader of run.yaml; the results side asks for fewer `required` fields.
+    A file that is not YAML, is empty or not a mapping, lacks a required field, has a
+    field RunRecord does not know or a value of the wrong type raises CorruptRecord,
+    which says how to fix it: the file is never rewritten behind the user's back."""
     path = run_dir / RUN_FILE
     if not path.is_file():
         return None
-    return RunRecord(**yaml.safe_load(path.read_text()))
+    fix = f"repair it, or delete {run_dir} to drop the run from its study"
+    try:
+        data = safe_yaml.load(path)
+    except AqrError as err:  # malformed YAML, duplicate keys, alias bombs: one line each
+        where, _, problem = str(err).removeprefix(str(path)).partition(": ")
+        raise CorruptRecord(path, problem, fix, where) from None
+    except OSError as err:
+        raise CorruptRecord(path, f"cannot be read ({err.strerror or err})", fix) from None
+    if data is None:
+        raise CorruptRecord(path, "the file is empty", fix)
+    if not isinstance(data, dict):
+        raise CorruptRecord(path, f"expected a mapping of run fields, got {_kind(data)}", fix)
+    problem = _fields_problem(data, required)
+    if problem is not None:
+        raise CorruptRecord(path, problem, fix)
+    return data
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else type(value).__name__
+
+
+def _fields_problem(data: dict[Any, Any], required: Collection[str]) -> str | None:
+    """What makes `data` unusable as a RunRecord, in a few words; None when nothing does.
+
+    Null is accepted for every field but the status: writers leave what they do not
+    know empty (an imported run has no config or work dir)."""
+    hints = typing.get_type_hints(RunRecord)
+    unknown = sorted(str(key) for key in data if key not in hints)
+    if unknown:
+        return f"unknown fields {', '.join(unknown)} (another version's record?)"
+    missing = [name for name in required if name not in data]
+    if missing:
+        return f"missing fields {', '.join(missing)} (cut short?)"
+    for name, value in data.items():
+        if value is not None and not _matches(value, hints[name]):
+            return f"{name} is {_kind(value)} {_short(value)}, expected {_type_name(hints[name])}"
+    if "status" in data and data["status"] not in STATES:
+        return f"status {_short(data['status'])} is none of {', '.join(STATES)}"
+    return None
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether `value` has the type `hint` (containers: their own type, not their items')."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(hint))
+    if origin is not None:
+        return isinstance(value, origin)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and args:
+        return " or ".join(_type_name(arg) for arg in args)
+    origin = typing.get_origin(hint) or hint
+    return {dict: "a mapping", list: "a list"}.get(origin, getattr(origin, "__name__", str(hint)))
+
+
+def _short(value: Any, width: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _write(run_dir: Path, record: RunRecord) -> None:
@@ -269,7 +378,12 @@ def reconcile(run_dir: Path) -> RunRecord | None:
 
 
 def runs_of(results_root: Path, study: str | None = None) -> list[Path]:
-    """Run directories under results/<study>/runs/, in the order they were prepared."""
+    """Run directories under results/<study>/runs/, in the order they were prepared.
+
+    `study` is checked first: it goes into a glob pattern, where '*' or '..' would
+    silently reach other studies' (or other folders') runs."""
+    if study is not None:
+        check_name(study, "study name")
     pattern = f"{study or '*'}/{RUNS_DIR}/*/{RUN_FILE}"
     run_dirs = [path.parent for path in results_root.glob(pattern)]
 
@@ -298,9 +412,6 @@ def prepare(plan: Plan, run: Run, fresh: bool) -> TrainJob:
         )
     run.run_dir.mkdir(parents=True, exist_ok=True)
     reconcile(run.run_dir)  # a run whose process died is interrupted, not running
-    if fresh and run.work_dir.exists():
-        shutil.rmtree(run.work_dir)
-    configs.dump_config(run.cfg, run.run_dir / CONFIG_FILE)
     record = RunRecord(
         run_id=run.run_id,
         study=run.study,
@@ -311,19 +422,54 @@ def prepare(plan: Plan, run: Run, fresh: bool) -> TrainJob:
         config=run.config_name,
         work_dir=str(run.work_dir),
         git_commit=git_commit(),
+        code=str(paths.PACKAGE_ROOT),
         data_root=str(plan.data_root),
         init_from=run.parent.run_id if run.parent else None,
+        trackers=run.trackers or None,
     )
     with _locked(run.run_dir):
         previous = read(run.run_dir)
+        if previous is not None and observe(previous)[0] in ACTIVE:
+            # Another `run`/`sweep` took it since `decide`: its work dir and config stay.
+            raise RunHeld([holding(previous)])
+        if fresh and run.work_dir.exists():
+            shutil.rmtree(run.work_dir)
+        configs.dump_config(run.cfg, run.run_dir / CONFIG_FILE)
         if previous is not None:
-            if "planned" not in TRANSITIONS[previous.status]:
-                raise TransitionError(
-                    f"{run.run_id} is {previous.status}: it cannot be started again"
-                )
             record.created = previous.created
         _write(run.run_dir, record)
     return job_for(run)
+
+
+def claim(run_dir: Path, launcher: dict[str, Any]) -> RunRecord:
+    """Queue a prepared run for this process's `launcher`, atomically: of two processes
+    that prepared the same run, one queues it and the other gets RunHeld."""
+    with _locked(run_dir):
+        record = read(run_dir)
+        if record is None:
+            raise TransitionError(f"no {RUN_FILE} in {run_dir}")
+        if record.status in ACTIVE:
+            raise RunHeld([holding(record)])
+        if "queued" not in TRANSITIONS[record.status]:
+            raise TransitionError(f"{record.run_id}: {record.status} → queued is not allowed")
+        record = dataclasses.replace(record, status="queued", launcher=launcher, reason=None)
+        _write(run_dir, record)
+        return record
+
+
+def holding(record: RunRecord) -> str:
+    """'<run id> (running, pid 42 on node1)': a held run and who holds it."""
+    return f"{record.run_id} ({record.status}, {describe_launch(record.launcher)})"
+
+
+def held(runs: Iterable[Run]) -> list[str]:
+    """The runs that a live process holds (queued or running), each with its holder."""
+    found = []
+    for run in runs:
+        record = read(run.run_dir)
+        if record is not None and observe(record)[0] in ACTIVE:
+            found.append(holding(record))
+    return found
 
 
 def job_for(run: Run) -> TrainJob:
@@ -341,8 +487,11 @@ class Step:
     """What starting a plan does to one run."""
 
     run: Run
-    action: str  # start | resume | rerun | skip | wait (for its warm-start parent)
+    # start | resume | rerun | skip | wait (for its warm-start parent) | blocked (its
+    # run.yaml is corrupt: `problem` says how; nothing may start or rewrite it)
+    action: str
     note: str = ""
+    problem: CorruptRecord | None = None
 
 
 def _has_checkpoint(work_dir: Path) -> bool:
@@ -360,33 +509,43 @@ def decide(
     retry_failed: bool = False,
     only: set[str] | None = None,
 ) -> list[Step]:
-    """Per run: start it, resume it, rerun it from scratch, skip it (read-only), or
-    wait until its warm-start parent is done.
+    """Per run: start it, resume it, rerun it from scratch, skip it (read-only),
+    wait until its warm-start parent is done, or leave it blocked (corrupt run.yaml).
 
     Finished runs are skipped, interrupted/cancelled ones resumed from their
     last checkpoint, failed ones retried only on request; `force` reruns all
     but the ones still running. `only`: decide for these run ids alone (the
     others are taken as settled).
     """
-    steps, starting = [], set()
+    steps, starting, blocked = [], set(), set()
     for run in plan.runs:
         if only is not None and run.run_id not in only:
             continue
         step = _decide_one(run, force, retry_failed)
         parent = run.parent
-        if parent is not None and step.action != "skip":
-            parent_status, _ = _status(parent)
-            if parent.run_id in starting or parent_status != "done":
-                state = "starting now" if parent.run_id in starting else parent_status or "new"
-                step = Step(run, "wait", f"starts once {parent.run_id} is done ({state})")
-        if step.action not in ("skip", "wait"):
+        if step.action == "blocked":
+            blocked.add(run.run_id)
+        elif parent is not None and step.action != "skip":
+            if parent.run_id in blocked:
+                note = f"starts once {parent.run_id} is done (its {RUN_FILE} is corrupt)"
+                step = Step(run, "wait", note)
+            else:
+                parent_status, _ = _status(parent)
+                if parent.run_id in starting or parent_status != "done":
+                    state = "starting now" if parent.run_id in starting else parent_status
+                    note = f"starts once {parent.run_id} is done ({state or 'new'})"
+                    step = Step(run, "wait", note)
+        if step.action not in ("skip", "wait", "blocked"):
             starting.add(run.run_id)
         steps.append(step)
     return steps
 
 
 def _decide_one(run: Run, force: bool, retry_failed: bool) -> Step:
-    record = read(run.run_dir)
+    try:
+        record = read(run.run_dir)
+    except CorruptRecord as err:
+        return Step(run, "blocked", f"its {RUN_FILE} is corrupt: {err.problem}", err)
     status, reason = observe(record) if record else (None, None)
     resume = "resume" if _has_checkpoint(run.work_dir) else "start"
     if status in ACTIVE:
@@ -403,11 +562,12 @@ def _decide_one(run: Run, force: bool, retry_failed: bool) -> Step:
 
 
 def describe_launch(launcher: dict[str, Any] | None) -> str:
-    """Where a run runs, in a few words: 'slurm job 12_0' or 'pid 4242'."""
+    """Where a run runs, in a few words: 'slurm job 12_0' or 'pid 4242 on node1'."""
     launcher = launcher or {}
     if launcher.get("type") == "slurm":
         return f"slurm job {launcher.get('job_id')}"
-    return f"pid {launcher.get('pid')}"
+    host = f" on {launcher['host']}" if launcher.get("host") else ""
+    return f"pid {launcher.get('pid')}{host}"
 
 
 def job_of(run_dir: Path) -> TrainJob:

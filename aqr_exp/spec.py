@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from aqr_exp import paths, safe_yaml
+from aqr_exp import trackers as trackers_module
 from aqr_exp.configs import closest
 from aqr_exp.errors import AqrError
 
@@ -177,6 +178,7 @@ class Spec:
     seeds: tuple[int, ...]
     checkpoint_interval: int | None
     launcher: LauncherSettings
+    trackers: tuple[str, ...] = trackers_module.DEFAULT
 
     def profile(self, name: str | None) -> Profile:
         name = name or self.default_profile
@@ -269,6 +271,8 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 
 
 def _read_yaml(path: Path) -> Any:
+    if path.is_dir():
+        raise AqrError(f"spec {path} is a directory; expected an experiment spec file (.yaml)")
     if not path.is_file():
         raise AqrError(f"spec file not found: {path}")
     return safe_yaml.load(path)
@@ -403,7 +407,7 @@ def load_spec(path: Path | None = None) -> Spec:
     path = (path or paths.default_spec()).resolve()
     reader = _Reader(_read_yaml(path), "", path).only(
         "study", "description", "config_dir", "profile", "profiles", "baseline", "variants",
-        "sweeps", "seeds", "train", "launcher",
+        "sweeps", "seeds", "train", "launcher", "trackers",
     )  # fmt: skip
     config_dir_text = reader.get("config_dir", str, None, nullable=True)
     config_dir = (
@@ -439,7 +443,18 @@ def load_spec(path: Path | None = None) -> Spec:
             gpus_per_run=launcher.positive("gpus_per_run", None, nullable=True),
             slurm=_slurm(launcher.sub("slurm")),
         ),
+        trackers=_trackers(reader),
     )
+
+
+def _trackers(reader: _Reader) -> tuple[str, ...]:
+    names = reader.get("trackers", list, list(trackers_module.DEFAULT))
+    if not all(isinstance(name, str) for name in names):
+        raise reader.error("trackers", f"expected a list of tracker names, got {names!r}")
+    problem = trackers_module.names_problem(names)
+    if problem is not None:
+        raise reader.error("trackers", problem)
+    return trackers_module.normalized(names)
 
 
 def _slurm(reader: _Reader) -> SlurmSettings:

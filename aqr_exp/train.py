@@ -11,6 +11,8 @@ script), plus the project's fixes:
   there is one, and otherwise trains from scratch *keeping* the config's
   `load_from` (tools/train.py drops it);
 - `--seed`, `--checkpoint-interval` (preemption-safe runs);
+- a missing or broken config, resume checkpoint or `--cfg-options` item is one
+  line naming it (a checkpoint only ever read with weights_only=True);
 - a NaN/inf loss stops the run with a clear message and exit code 3.
 """
 
@@ -19,21 +21,19 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import pickle
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from mmengine.config import Config, DictAction
-from mmengine.logging import HistoryBuffer, print_log
+from mmengine.logging import print_log
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner, find_latest_checkpoint
 
 from aqr_exp import configs
+from aqr_exp.checkpoints import allow_mmengine_checkpoints, read_checkpoint
 from aqr_exp.errors import AqrError
 from aqr_exp.hooks import NonFiniteLossError, NonFiniteLossHook
 from aqr_exp.launch.base import EXIT_NONFINITE
@@ -55,37 +55,6 @@ class TrainOptions:
     seed: int | None = None
     deterministic: bool = False
     checkpoint_interval: int | None = None
-
-
-def _history_buffer_method(owner: object, name: str) -> object:
-    """`getattr` as mmengine checkpoints need it, and nothing more: HistoryBuffer
-    pickles its statistics methods as getattr(HistoryBuffer, 'mean') etc."""
-    method = getattr(owner, name, None) if owner is HistoryBuffer else None
-    if name.startswith("_") or not callable(method):
-        raise pickle.UnpicklingError(f"checkpoint asks for getattr({owner!r}, {name!r}): refused")
-    return method
-
-
-def allow_mmengine_checkpoints() -> None:
-    """Let torch >= 2.6's weights-only unpickler read mmengine checkpoints.
-
-    Allow-listing the few types they contain (and a getattr restricted to
-    HistoryBuffer's methods) keeps weights_only's protection for everything
-    else: a checkpoint with other globals still fails to load.
-    """
-    multiarray = np.core.multiarray
-    dtypes = [type(np.dtype(name)) for name in ("float64", "float32", "int64", "int32", "bool")]
-    torch.serialization.add_safe_globals(
-        [
-            HistoryBuffer,
-            np.ndarray,
-            np.dtype,
-            *dtypes,
-            multiarray._reconstruct,
-            multiarray.scalar,
-            (_history_buffer_method, "builtins.getattr"),
-        ]
-    )
 
 
 def _work_dir(opts: TrainOptions, cfg: Config) -> str:
@@ -114,6 +83,9 @@ def _enable_amp(cfg: Config) -> None:
 
 def _set_resume(cfg: Config, resume: str) -> None:
     if resume != "auto":
+        # Read (memory-mapped) before the runner makes its work dir: a missing or broken
+        # checkpoint is one line naming it, not a traceback after the setup.
+        read_checkpoint(Path(resume), "resume checkpoint")
         cfg.resume, cfg.load_from = True, resume
         return
     latest = find_latest_checkpoint(cfg.work_dir)
@@ -130,7 +102,7 @@ def _set_resume(cfg: Config, resume: str) -> None:
 
 def build_config(opts: TrainOptions) -> Config:
     """The config as training will use it (pure: no runner, no files written)."""
-    cfg = Config.fromfile(str(opts.config))
+    cfg = configs.read_config(opts.config)
     cfg.launcher = opts.launcher
     if opts.cfg_options:
         cfg.merge_from_dict(opts.cfg_options)
@@ -164,6 +136,34 @@ def train(opts: TrainOptions) -> None:
     runner.train()
 
 
+def cfg_options_problem(items: Sequence[str]) -> str | None:
+    """Why mmengine's DictAction would fail on these KEY=VALUE overrides (it raises a bare
+    ValueError or AssertionError, a traceback), or None."""
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            return f"{item!r} is not KEY=VALUE (e.g. train_cfg.max_epochs=2)"
+        if value.count("(") != value.count(")") or value.count("[") != value.count("]"):
+            return f"{item!r}: unbalanced brackets in the value"
+    return None
+
+
+class _Overrides(DictAction):
+    """mmengine's DictAction; a malformed override is a usage error, not a traceback."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Sequence[str],
+        option_string: str | None = None,
+    ) -> None:
+        problem = cfg_options_problem(values)
+        if problem is not None:
+            raise argparse.ArgumentError(self, problem)
+        super().__call__(parser, namespace, values, option_string)
+
+
 def parser() -> argparse.ArgumentParser:
     parse = argparse.ArgumentParser(
         prog="python -m aqr_exp.train",
@@ -184,7 +184,7 @@ def parser() -> argparse.ArgumentParser:
     )
     parse.add_argument("--sync_bn", choices=["none", "torch", "mmcv"], default="none")
     parse.add_argument(
-        "--cfg-options", nargs="+", action=DictAction, default={}, help="key=value overrides"
+        "--cfg-options", nargs="+", action=_Overrides, default={}, help="key=value overrides"
     )
     parse.add_argument("--launcher", choices=LAUNCHERS, default="none", help="job launcher")
     parse.add_argument("--seed", type=int, help="random seed (sets randomness.seed)")
@@ -216,11 +216,17 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainOptions:
     )
 
 
-def run(opts: TrainOptions) -> int:
-    """Train; the exit code tells the launcher how it ended (0; 2 bad options; 3 NaN/inf)."""
+def run(opts: TrainOptions, *, log_usage_errors: bool = True) -> int:
+    """Train; the exit code tells the launcher how it ended (0; 2 bad options; 3 NaN/inf).
+
+    Bad options or files (AqrError) are logged with the training's other messages, or,
+    without `log_usage_errors`, raised for the caller to report (`aqr-exp train` prints
+    them as its one `error:` line on stderr)."""
     try:
         train(opts)
     except AqrError as err:
+        if not log_usage_errors:
+            raise
         print_log(f"Error: {err}", logger="current", level=logging.ERROR)
         return EXIT_USAGE
     except NonFiniteLossError as err:
@@ -229,8 +235,8 @@ def run(opts: TrainOptions) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run(parse_args(argv))
+def main(argv: Sequence[str] | None = None, *, log_usage_errors: bool = True) -> int:
+    return run(parse_args(argv), log_usage_errors=log_usage_errors)
 
 
 if __name__ == "__main__":

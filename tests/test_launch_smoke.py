@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from fixtures.toy.helpers import cli
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from aqr_exp import registry
 
@@ -41,3 +42,13 @@ def test_smoke_sweep_two_values_two_concurrent_runs(tmp_path: Path, synth_root: 
     assert "Is the Δ real?" in text and "Beyond noise on NDS" in text
     intervals = [line for line in text.splitlines() if line.startswith("| new_aqr")]
     assert any(v in line for line in intervals for v in ("better", "worse", "within noise"))
+    # TensorBoard (the default tracker): one folder per run under the study, with the
+    # losses, the AQR scalars and the nuScenes metrics; the report says where.
+    board = tmp_path / "work" / "smoke-smoke" / "tensorboard"
+    assert f"tensorboard: tensorboard --logdir {board}" in text
+    for record in records:
+        events = EventAccumulator(str(board / record.run_id))
+        events.Reload()
+        tags = events.Tags()["scalars"]
+        assert "loss" in tags and any(tag.endswith("/NDS") for tag in tags), tags
+        assert ("aqr/bias_scale" in tags) == (record.variant == "new_aqr")

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from typer.core import TyperGroup
 
-from aqr_exp import paths
+from aqr_exp import paths, records
 from aqr_exp.cli import data, doctor, project, results, runs, viz
 from aqr_exp.errors import AqrError
 from aqr_exp.project import use_root
@@ -19,6 +19,7 @@ class _Commands(TyperGroup):
     """Every command: bad input (AqrError) is one clear message and exit status 2."""
 
     def invoke(self, ctx: typer.Context) -> object:
+        records.new_command()  # each command names every corrupt run file it meets, once
         try:
             return super().invoke(ctx)
         except AqrError as err:

@@ -7,8 +7,9 @@ command that would start trainings takes `--dry-run`, which prints the plan
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,11 @@ from typing import Any
 import typer
 from tabulate import tabulate
 
-from aqr_exp import configs, paths, registry
+from aqr_exp import configs, paths, records, registry, trackers
 from aqr_exp.errors import AqrError
 from aqr_exp.launch import slurmctl
 from aqr_exp.launch.backends import cancel_run, check_backend, make_launcher
-from aqr_exp.launch.base import FINAL_STATES, LOG_NAME, RunHandle, run_all
+from aqr_exp.launch.base import FINAL_STATES, LOG_NAME, RunHandle, TrainJob, run_all
 from aqr_exp.launch.local import LocalLauncher, spawn_detached
 from aqr_exp.plan import (
     Plan,
@@ -77,6 +78,12 @@ WORK = typer.Option(
     default_factory=paths.work_root,
     show_default="<project>/work_dirs",
     help="Where the mmengine work dirs (checkpoints, logs) go.",
+)
+TRACKER = typer.Option(
+    [],
+    "--tracker",
+    help="Log each run to tensorboard, mlflow or wandb (repeatable; none = no tracker; "
+    "default: the spec's `trackers`, else tensorboard).",
 )
 LAUNCHER = typer.Option(
     None, "--launcher", help="local, torchrun or slurm (default: the spec's launcher.type)."
@@ -167,6 +174,7 @@ def _target(
     profile: str | None,
     data_root: Path | None,
     seeds: str | None,
+    tracker: list[str],
 ) -> Target:
     return Target(
         results_root=results_root,
@@ -174,7 +182,17 @@ def _target(
         profile=profile,
         data_root=data_root,
         seeds=_seeds(seeds),
+        trackers=_trackers(tracker),
     )
+
+
+def _trackers(names: list[str]) -> tuple[str, ...] | None:
+    if not names:
+        return None
+    problem = trackers.names_problem(names)
+    if problem is not None:
+        raise AqrError(f"--tracker: {problem}")
+    return trackers.normalized(names)
 
 
 def _slurm_options(
@@ -265,7 +283,7 @@ def _diff_lines(plan: Plan, cfg: Any) -> list[str]:
     diff = [
         row
         for row in configs.config_diff(plan.baseline.cfg, cfg)
-        if row[0] not in configs.RUN_PLACES
+        if not configs.is_run_place(row[0])
     ]
     return [f"    {key}: {_short(old)} → {_short(new)}" for key, old, new in diff]
 
@@ -292,7 +310,10 @@ def _print_plan(plan: Plan, steps: Sequence[registry.Step], launcher: str | None
     ]
     typer.echo("")
     typer.echo(tabulate(rows, headers=["run id", "variant", "sweep", "seed", "action", "note"]))
-    starting = sum(step.action != "skip" for step in steps)
+    for step in steps:
+        if step.problem is not None:
+            records.report(step.problem)
+    starting = sum(step.action not in ("skip", "blocked") for step in steps)
     typer.echo(f"\n{starting} of {len(steps)} runs would start.")
     typer.echo(
         f"\nConfig diff against the baseline ({plan.baseline.run_id}, {plan.baseline.config_name}):"
@@ -449,11 +470,42 @@ def _waiting_note(steps: Sequence[registry.Step]) -> None:
         )
 
 
+def _refuse_taken(plan: Plan, steps: Sequence[registry.Step]) -> None:
+    """Start nothing when a run of the plan has a corrupt run.yaml (it would be
+    overwritten) or another live process holds one: one line says which."""
+    problems = [step.problem for step in steps if step.problem is not None]
+    if problems:
+        raise AqrError(
+            f"{len(problems)} run(s) of this plan cannot start, nothing was started: "
+            + " | ".join(str(problem) for problem in problems)
+        )
+    taken = registry.held(step.run for step in steps if step.action == "skip")
+    if taken:
+        raise registry.RunHeld(taken)
+
+
+@contextlib.contextmanager
+def _name_all_held(plan: Plan) -> Iterator[None]:
+    """Another process took a run between `decide` and its claim (both started at once):
+    the error names every run of the plan it holds, not only the first one met."""
+    try:
+        yield
+    except registry.RunHeld as err:
+        raise registry.RunHeld(registry.held(plan.runs) or err.held) from None
+
+
+def _prepare(plan: Plan, steps: Sequence[registry.Step]) -> list[TrainJob]:
+    with _name_all_held(plan):
+        return [registry.prepare(plan, step.run, fresh=step.action == "rerun") for step in steps]
+
+
 def _execute(plan: Plan, how: _Launch, by: str | None = None) -> None:
     steps = registry.decide(plan, force=how.force, retry_failed=how.retry_failed)
+    if not how.dry_run:
+        _refuse_taken(plan, steps)
     launcher = make_launcher(how.settings, plan.study, dry_run=how.dry_run)
     _print_plan(plan, steps, launcher.describe())
-    todo = [step for step in steps if step.action != "skip"]
+    todo = [step for step in steps if step.action not in ("skip", "blocked")]
     # Built before anything is written: a path sbatch cannot take fails here, cleanly.
     scripts = launcher.scripts([registry.job_for(step.run) for step in todo])
     if how.dry_run:
@@ -463,7 +515,7 @@ def _execute(plan: Plan, how: _Launch, by: str | None = None) -> None:
     if todo and plan.generate_data:
         _generate_data(plan)
     ready = [step for step in todo if step.action != "wait"]
-    jobs = [registry.prepare(plan, step.run, fresh=step.action == "rerun") for step in ready]
+    jobs = _prepare(plan, ready)
     if jobs and not launcher.runs_here:
         _submitted(plan, launcher.submit_all(jobs))
         _waiting_note(todo)
@@ -484,7 +536,7 @@ def _execute(plan: Plan, how: _Launch, by: str | None = None) -> None:
     waiting = {step.run.run_id for step in todo if step.action == "wait"}
     while jobs:
         typer.echo("")
-        with _View() as view:
+        with _View() as view, _name_all_held(plan):
             run_all(launcher, jobs, on_tick=view.tick)
         if not waiting:
             break
@@ -492,7 +544,7 @@ def _execute(plan: Plan, how: _Launch, by: str | None = None) -> None:
         later = registry.decide(plan, how.force, how.retry_failed, only=waiting)
         ready = [step for step in later if step.action != "wait"]
         waiting = {step.run.run_id for step in later if step.action == "wait"}
-        jobs = [registry.prepare(plan, step.run, fresh=step.action == "rerun") for step in ready]
+        jobs = _prepare(plan, ready)
     all_done = _print_outcome(plan)
     _report(plan, by)
     if not all_done:
@@ -514,6 +566,8 @@ def variants(
 
     With --write, save each resolved config (data root and seed filled in); they
     also train unchanged with mmdet3d's tools/train.py."""
+    if write is not None and write.exists() and not write.is_dir():
+        raise AqrError(f"--write {write} is a file; expected a folder for the configs")
     loaded = load_spec(spec)
     target = Target(profile=profile, data_root=data_root, check_data=False)
     plan = plan_variants(loaded, list(loaded.variants), target)
@@ -540,6 +594,7 @@ def plan(
     profile: str | None = PROFILE,
     data_root: Path | None = DATA_ROOT,
     seeds: str | None = SEEDS,
+    tracker: list[str] = TRACKER,
     results_root: Path = RESULTS_ROOT,
     work_root: Path = WORK,
 ) -> None:
@@ -548,7 +603,7 @@ def plan(
     Default: every variant and every named sweep of the spec. Each run's action
     says whether it would start, resume from a checkpoint, or be skipped."""
     loaded = load_spec(spec)
-    target = _target(results_root, work_root, profile, data_root, seeds)
+    target = _target(results_root, work_root, profile, data_root, seeds, tracker)
     if sweep is not None:
         chosen = resolve_sweep(loaded, sweep, _values(values), variant[0] if variant else None)
         built = plan_sweep(loaded, chosen, target)
@@ -560,7 +615,7 @@ def plan(
 
 
 def _values(text: str | None) -> list[Any] | None:
-    return [configs.parse_value(part) for part in configs.split_values(text)] if text else None
+    return configs.parse_values(text, "--values") if text else None
 
 
 def run(
@@ -571,6 +626,7 @@ def run(
     profile: str | None = PROFILE,
     data_root: Path | None = DATA_ROOT,
     seeds: str | None = SEEDS,
+    tracker: list[str] = TRACKER,
     launcher: str | None = LAUNCHER,
     jobs: int | None = JOBS,
     gpus_per_run: int | None = GPUS,
@@ -600,7 +656,7 @@ def run(
     )
     how = _launch(loaded, launcher, jobs, gpus_per_run, slurm, dry_run, detach, force, retry_failed)
     built = plan_variants(
-        loaded, variant, _target(results_root, work_root, profile, data_root, seeds)
+        loaded, variant, _target(results_root, work_root, profile, data_root, seeds, tracker)
     )
     _execute(built, how)
 
@@ -623,6 +679,7 @@ def sweep(
     profile: str | None = PROFILE,
     data_root: Path | None = DATA_ROOT,
     seeds: str | None = SEEDS,
+    tracker: list[str] = TRACKER,
     launcher: str | None = LAUNCHER,
     jobs: int | None = JOBS,
     gpus_per_run: int | None = GPUS,
@@ -653,7 +710,9 @@ def sweep(
     )
     how = _launch(loaded, launcher, jobs, gpus_per_run, slurm, dry_run, detach, force, retry_failed)
     chosen = resolve_sweep(loaded, name, _values(values), variant)
-    built = plan_sweep(loaded, chosen, _target(results_root, work_root, profile, data_root, seeds))
+    built = plan_sweep(
+        loaded, chosen, _target(results_root, work_root, profile, data_root, seeds, tracker)
+    )
     _execute(built, how, by=chosen.name)
 
 
@@ -672,7 +731,8 @@ def status(
         record = registry.reconcile(run_dir)
         assert record is not None
         typer.echo(record.to_yaml(), nl=False)
-        typer.echo(f"# log: {Path(record.work_dir) / LOG_NAME}")
+        if record.work_dir:  # an imported run has none
+            typer.echo(f"# log: {Path(record.work_dir) / LOG_NAME}")
         slurm_state = _slurm_state(record, slurmctl.queue())
         if slurm_state:
             typer.echo(f"# slurm: job {slurm_state}")
@@ -681,11 +741,10 @@ def status(
     if not run_dirs:
         typer.echo(f"No runs under {results_root}" + (f" for study {study}" if study else ""))
         return
-    rows, records = [], []
-    for run_dir in run_dirs:
-        record = registry.reconcile(run_dir)
+    rows, shown = [], []
+    for run_dir, record in records.readable(run_dirs, registry.reconcile):
         assert record is not None
-        records.append(record)
+        shown.append(record)
         detail = record.reason or ""
         if record.status == "running":
             train_len = configs.train_length(configs.load_config(run_dir / registry.CONFIG_FILE))
@@ -693,7 +752,8 @@ def status(
                 read_progress(Path(record.work_dir) / LOG_NAME, train_len)
             )
             detail = f"iter {iteration}  loss {loss}  ETA {eta}" if iteration else "starting"
-        sweep_text = "-" if not record.sweep else f"{record.sweep['param']}={record.sweep['value']}"
+        sweep = record.sweep
+        sweep_text = f"{sweep.get('param')}={sweep.get('value')}" if sweep else "-"
         rows.append(
             [
                 record.study,
@@ -706,9 +766,9 @@ def status(
             ]
         )
     headers = ["study", "run id", "variant", "sweep", "seed", "status", "detail"]
-    on_slurm = any((record.launcher or {}).get("type") == "slurm" for record in records)
+    on_slurm = any((record.launcher or {}).get("type") == "slurm" for record in shown)
     jobs = slurmctl.queue() if on_slurm else None  # one snapshot for the whole table
-    slurm_states = [_slurm_state(record, jobs) for record in records]
+    slurm_states = [_slurm_state(record, jobs) for record in shown]
     if any(slurm_states):
         headers.insert(6, "slurm")
         rows = [
@@ -716,6 +776,8 @@ def status(
             for row, state in zip(rows, slurm_states, strict=True)
         ]
     typer.echo(tabulate(rows, headers=headers))
+    for line in trackers.where_to_look_all(record.trackers for record in shown):
+        typer.echo(f"Curves in {line}")
 
 
 def _slurm_state(record: registry.RunRecord, jobs: dict[str, slurmctl.SlurmJob] | None) -> str:
@@ -763,11 +825,11 @@ def cancel(
 
     The next `run`/`sweep` resumes them from their last checkpoint."""
     if all_runs:
+        found = records.readable(registry.runs_of(results_root, study), registry.reconcile)
         targets = [
             run_dir
-            for run_dir in registry.runs_of(results_root, study)
-            if (record := registry.reconcile(run_dir)) is not None
-            and record.status in ("planned", "queued", "running")
+            for run_dir, record in found
+            if record is not None and record.status in ("planned", "queued", "running")
         ]
     elif run_ids:
         targets = [_find_run(results_root, study, prefix) for prefix in run_ids]
@@ -824,7 +886,11 @@ def train(
     argv += ["--checkpoint-interval", str(checkpoint_interval)] if checkpoint_interval else []
     if launcher not in entry.LAUNCHERS:
         raise AqrError(f"--launcher must be one of {', '.join(entry.LAUNCHERS)}, got {launcher!r}")
-    code = entry.main(argv)
+    problem = entry.cfg_options_problem(cfg_options)
+    if problem is not None:
+        raise AqrError(f"--cfg-options {problem}")
+    # Bad options or files come back as AqrError: the app's one `error:` line.
+    code = entry.main(argv, log_usage_errors=False)
     if code:
         raise typer.Exit(code)
 

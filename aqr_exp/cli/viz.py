@@ -9,7 +9,8 @@ from pathlib import Path
 import typer
 
 from aqr_exp import paths
-from aqr_exp.files import write_atomic
+from aqr_exp.files import check_input_file, write_atomic
+from aqr_exp.viz import CONFIG_EXPECTED
 
 app = typer.Typer(
     help=(
@@ -26,6 +27,16 @@ CHECKPOINT = typer.Option(
     "-k",
     help="Weights (.pth) of any variant; without it, the config's fresh initialization.",
 )
+
+
+def _check_files(config: Path, checkpoint: Path | None) -> None:
+    """The files named on the command line, before the seconds-long mmdet3d import: a
+    missing config, or a checkpoint that is not one, fails at once (load checks again)."""
+    check_input_file(config, "config", CONFIG_EXPECTED)
+    if checkpoint is not None:
+        from aqr_exp.checkpoints import read_checkpoint  # torch: only for a checkpoint
+
+        read_checkpoint(checkpoint)
 
 
 def _out_dir(out: Path | None, config: Path) -> Path:
@@ -60,6 +71,7 @@ def bias(
     no attention bias, it multiplies the features by weight maps: the heatmap is then
     each chosen query's splat into those maps. A config without AQR (the baseline)
     exits 2 and draws nothing."""
+    _check_files(config, checkpoint)
     # mmdet3d and torch take seconds to import: only when a viz command runs.
     from aqr_exp.viz.pictures import bias_pictures
 
@@ -88,6 +100,7 @@ def weights(
     distance bucket 0-10/10-20/20-30/30+ m: counts, mean weights, the bias scale),
     weights-matched.csv (one row per matched query) and weights.png. A config without
     AQR exits 2 and writes nothing."""
+    _check_files(config, checkpoint)
     # mmdet3d and torch take seconds to import: only when a viz command runs.
     from aqr_exp.viz.pictures import weight_pictures
 

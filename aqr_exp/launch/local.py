@@ -150,11 +150,21 @@ class LocalLauncher(Launcher):
         if record is not None and record.status == "cancelled":  # cancelled before it was queued
             handle.status = "cancelled"
             return handle
-        registry.transition(
-            job.run_dir, "queued", launcher=self._launcher_info(os.getpid()), reason=None
-        )
+        registry.claim(job.run_dir, self._launcher_info(os.getpid()))  # RunHeld: another's
         self.queue.append(handle)
         return handle
+
+    def submit_all(self, jobs: Sequence[TrainJob]) -> list[RunHandle]:
+        """Queue the jobs; when another process holds one of them (a second `run` or
+        `sweep` on the study), give back the ones queued so far and start none."""
+        handles: list[RunHandle] = []
+        try:
+            for job in jobs:
+                handles.append(self.submit(job))
+        except registry.RunHeld as err:
+            self.shutdown(f"not started: {err}")
+            raise
+        return handles
 
     def _launcher_info(self, pid: int) -> dict[str, Any]:
         kind = "torchrun" if self.torchrun else "local"

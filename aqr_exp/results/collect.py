@@ -20,6 +20,7 @@ import numpy as np
 from aqr_exp.configs import PREDICTIONS_DIR
 from aqr_exp.errors import AqrError
 from aqr_exp.files import write_json_atomic
+from aqr_exp.records import readable
 from aqr_exp.results import matching
 from aqr_exp.results.bootstrap import evaluate
 from aqr_exp.results.nuscenes import Evaluation, evaluation_from_flat
@@ -240,9 +241,10 @@ def resolve_work_dir(work_dir: str, results_root: Path) -> Path:
     return path if path.is_absolute() else results_root.parent / path
 
 
-def collect_run(run_dir: Path, results_root: Path) -> Outcome:
-    """Write `<run_dir>/metrics.json` from the run's work dir."""
-    record = read_run_record(run_dir)
+def collect_run(run_dir: Path, results_root: Path, record: dict[str, Any] | None = None) -> Outcome:
+    """Write `<run_dir>/metrics.json` from the run's work dir (`record`: its run.yaml,
+    when already read)."""
+    record = read_run_record(run_dir) if record is None else record
     if not record.get("work_dir"):
         kept = " (imported run: its metrics.json is kept)" if is_imported(record) else ""
         return Outcome(run_dir, "skipped", f"no work_dir in run.yaml{kept}")
@@ -269,16 +271,17 @@ def collect_run(run_dir: Path, results_root: Path) -> Outcome:
 
 
 def collect(results_root: Path, study: str | None = None) -> list[Outcome]:
-    """Collect every run of a study (all studies when None); a broken run is reported
-    as an `error` outcome and does not stop the others."""
+    """Collect every run of a study (all studies when None); a run whose logs cannot be
+    read is reported as an `error` outcome, one with a corrupt run.yaml in a warning,
+    and neither stops the others."""
     studies = [study] if study else list_studies(results_root)
     if not studies:
         raise AqrError(f"no studies under {results_root}")
     outcomes = []
     for name in studies:
-        for run_dir in study_run_dirs(results_root, name):
+        for run_dir, record in readable(study_run_dirs(results_root, name), read_run_record):
             try:
-                outcomes.append(collect_run(run_dir, results_root))
+                outcomes.append(collect_run(run_dir, results_root, record))
             except AqrError as err:
                 outcomes.append(Outcome(run_dir, "error", str(err)))
     return outcomes

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from aqr_exp.errors import AqrError
+from aqr_exp.records import CorruptRecord, readable
 from aqr_exp.results import matching
 from aqr_exp.results.bootstrap import (
     UNITS,
@@ -164,14 +165,18 @@ def select_runs(
         return study, results, warnings
     study = study or default_study(results_root)
     results, unfinished, uncollected = [], [], []
-    for run_dir in study_run_dirs(results_root, study):
-        record = read_run_record(run_dir)
+    corrupt: list[CorruptRecord] = []  # named in a warning each; the other runs compare
+    for run_dir, record in readable(study_run_dirs(results_root, study), read_run_record, corrupt):
         if record.get("status") != "done":
             unfinished.append(f"{run_dir.name} ({record.get('status')})")
         elif not (run_dir / METRICS_FILE).is_file():
             uncollected.append(run_dir.name)
         else:
-            results.append(RunResult(run_dir, record, read_metrics(run_dir)))
+            for _, metrics in readable([run_dir], read_metrics, corrupt):
+                results.append(RunResult(run_dir, record, metrics))
+    if corrupt:
+        files = ", ".join(f"{err.path.parent.name}/{err.path.name}" for err in corrupt)
+        warnings.append(f"left out {len(corrupt)} runs with a corrupt file: {files}")
     if unfinished:
         warnings.append(f"left out {len(unfinished)} unfinished runs: {', '.join(unfinished)}")
     if uncollected:

@@ -23,14 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from aqr_exp.errors import AqrError
-from aqr_exp.files import write_json_atomic
+from aqr_exp.files import check_input_file, write_json_atomic
 from aqr_exp.results.nuscenes import CLASSES, SUMMARY, TP_ERRORS, Evaluation, evaluation_from_flat
 from aqr_exp.results.record import identity, metrics_payload
 from aqr_exp.results.runs import (
     IMPORTED,
     METRICS_FILE,
     RUN_FILE,
-    check_run_id,
+    check_name,
     is_imported,
     read_run_record,
     runs_dir,
@@ -211,8 +211,7 @@ def _no_evaluation_error(path: Path, lines: list[str], train_lines: int) -> AqrE
 
 def parse_legacy_log(path: Path) -> LegacyLog:
     """Training lines and evaluations of a legacy log, in file order."""
-    if not path.is_file():
-        raise AqrError(f"{path}: no such file")
+    check_input_file(path, "log", "an mmdet3d ≤ 1.0 / mmcv 1.x text log file")
     raw = path.read_text(encoding="utf-8", errors="replace").splitlines()
     lines = [_LOGGER_PREFIX.sub("", line).strip() for line in raw]
     train: list[dict[str, Any]] = []
@@ -275,7 +274,7 @@ def import_log(
     """Create `<study>/runs/<name>/` (run.yaml status done + metrics.json) from a legacy log.
     run.yaml keeps to the registry's fields: `command` says where the numbers were
     imported from. The log is parsed first, so a bad log never leaves a run dir behind."""
-    run_dir = runs_dir(results_root, check_run_id(study)) / check_run_id(name)
+    run_dir = runs_dir(results_root, check_name(study, "study name")) / check_name(name, "run name")
     if (run_dir / RUN_FILE).is_file():
         previous = read_run_record(run_dir)
         if not force:

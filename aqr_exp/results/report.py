@@ -16,7 +16,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from aqr_exp import paths
+from aqr_exp import paths, trackers
 from aqr_exp.files import write_atomic
 from aqr_exp.results.compare import (
     AQR,
@@ -255,12 +255,16 @@ WORK_DIR_LINE = "work_dir = "
 
 def _config_lines(path: Path) -> list[str]:
     """The saved config without `work_dir`, which names the run, not the variant (paths
-    under it, such as where predictions go, read `<work_dir>`)."""
+    under it, such as where predictions go, read `<work_dir>`; the run's id elsewhere,
+    such as its tracker names, reads `<run_id>`)."""
     lines = path.read_text(encoding="utf-8").splitlines()
     work_dir = next((line[len(WORK_DIR_LINE) :].strip("'\"") for line in lines
                      if line.startswith(WORK_DIR_LINE)), None)  # fmt: skip
+    run_id = path.parent.name
     return [
-        portable(line.replace(work_dir, "<work_dir>") if work_dir else line)
+        portable(line.replace(work_dir, "<work_dir>") if work_dir else line).replace(
+            run_id, "<run_id>"
+        )
         for line in lines
         if not line.startswith(WORK_DIR_LINE)
     ]
@@ -310,7 +314,7 @@ def _provenance(comparison: Comparison) -> str:
         "| data root |\n"
         "|---|---|---|---|---|---|---|---|---|"
     )
-    rows, commands = [], []
+    rows, commands, curves, recorded = [], [], [], []
     for group in comparison.groups:
         for run in comparison.runs[group.label]:
             record = run.record
@@ -329,8 +333,19 @@ def _provenance(comparison: Comparison) -> str:
             rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
             command = portable(str(record.get("command") or "not recorded"))
             commands.append(f"{run.run_id}: {command}")
+            logged = record.get("trackers") or {}
+            recorded.append(logged)
+            places = [f"{name} {trackers.run_location(name, place, run.run_id)}"
+                      for name, place in logged.items()]  # fmt: skip
+            curves.append(f"{run.run_id}: {'; '.join(places) if places else 'no tracker'}")
     block = "\n".join(commands)
-    return f"{header}\n" + "\n".join(rows) + f"\n\nCommands:\n\n```text\n{block}\n```"
+    look = "\n".join(trackers.where_to_look_all(recorded))
+    curve_block = portable("\n".join([*([look, ""] if look else []), *curves]))
+    return (
+        f"{header}\n" + "\n".join(rows) + f"\n\nCommands:\n\n```text\n{block}\n```"
+        f"\n\nTraining curves (losses, learning rate, AQR scalars, validation metrics):"
+        f"\n\n```text\n{curve_block}\n```"
+    )
 
 
 @dataclass

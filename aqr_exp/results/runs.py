@@ -16,13 +16,19 @@ import yaml
 
 from aqr_exp.errors import AqrError
 from aqr_exp.files import write_atomic
+from aqr_exp.records import CorruptRecord
 
 RUN_FILE = "run.yaml"
 IMPORTED = "imported"  # launcher.type of runs made by `aqr-exp import-log`
 CONFIG_FILE = "config.py"
 METRICS_FILE = "metrics.json"
 BASELINE_VARIANT = "baseline"
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# metrics.json sections read as objects, and those of them that hold only numbers.
+_METRICS_MAPPINGS = (
+    "sweep", "source", "metrics", "per_class_ap", "per_class", "cost", "aqr", "predictions",
+)  # fmt: skip
+_METRICS_NUMBERS = ("metrics", "per_class_ap", "cost", "aqr")
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # fullmatch: no trailing newline
 
 
 def runs_dir(results_root: Path, study: str) -> Path:
@@ -30,13 +36,16 @@ def runs_dir(results_root: Path, study: str) -> Path:
 
 
 def read_run_record(run_dir: Path) -> dict[str, Any]:
-    """run.yaml as a dict (the single reader of the registry's record)."""
-    path = run_dir / RUN_FILE
-    if not path.is_file():
+    """run.yaml as a dict, checked by the registry's reader (CorruptRecord when broken).
+
+    The results side needs a run's status; the other fields may be missing (hand-made
+    or imported runs), but those present must have the registry's types."""
+    # Imported here: the registry imports this module.
+    from aqr_exp.registry import read_fields
+
+    record = read_fields(run_dir, required=("status",))
+    if record is None:
         raise AqrError(f"{run_dir}: not a run directory (no {RUN_FILE})")
-    record = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(record, dict):
-        raise AqrError(f"{path}: expected a mapping of run fields, got {type(record).__name__}")
     return record
 
 
@@ -50,20 +59,56 @@ def write_run_record(run_dir: Path, record: dict[str, Any]) -> None:
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any]:
+    """metrics.json, checked: the one reader of it (CorruptRecord when it is broken,
+    e.g. half-written by a tool that does not write atomically)."""
     path = run_dir / METRICS_FILE
     if not path.is_file():
         raise AqrError(f"{run_dir}: no {METRICS_FILE} (run `aqr-exp collect` first)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    fix = "run `aqr-exp collect` to write it again (or `aqr-exp import-log --force`), or delete it"
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        where = f":{err.lineno}:{err.colno}"
+        raise CorruptRecord(path, f"not valid JSON: {err.msg}", fix, where) from None
+    except UnicodeDecodeError as err:
+        problem = f"not a text file ({err.reason} at byte {err.start})"
+        raise CorruptRecord(path, problem, fix) from None
+    except OSError as err:
+        raise CorruptRecord(path, f"cannot be read ({err.strerror or err})", fix) from None
+    problem = _metrics_problem(metrics)
+    if problem is not None:
+        raise CorruptRecord(path, problem, fix)
+    return metrics
 
 
-def check_run_id(run_id: str) -> str:
-    """Run ids become directory names: keep them to a safe character set."""
-    if not _RUN_ID.match(run_id):
+def _metrics_problem(metrics: Any) -> str | None:
+    """What makes `metrics` unusable for compare and report; None when nothing does."""
+    if not isinstance(metrics, dict):
+        return f"expected a JSON object of metrics, got {type(metrics).__name__}"
+    for section in _METRICS_MAPPINGS:
+        value = metrics.get(section)
+        if value is not None and not isinstance(value, dict):
+            return f"{section} is {type(value).__name__}, expected an object"
+    for section in _METRICS_NUMBERS:
+        for name, value in (metrics.get(section) or {}).items():
+            if value is not None and not _is_number(value):
+                return f"{section}.{name} is {value!r}, expected a number"
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_name(name: str, kind: str) -> str:
+    """Run ids and study names become directory names (and glob patterns): keep them to a
+    safe character set. `kind` ("run name", "study name") says in the error which it is."""
+    if not _RUN_ID.fullmatch(name):
         raise AqrError(
-            f"run name {run_id!r} is not usable as a directory name "
+            f"{kind} {name!r} is not usable as a directory name "
             "(letters, digits, '.', '_', '-'; not starting with '.', '_' or '-')"
         )
-    return run_id
+    return name
 
 
 def list_studies(results_root: Path) -> list[str]:

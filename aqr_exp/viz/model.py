@@ -8,20 +8,24 @@ memory layout and the per-query weights it returns).
 from __future__ import annotations
 
 import logging
+import re
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from mmdet3d.registry import DATASETS, MODELS
-from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 from mmengine.registry import init_default_scope
-from mmengine.runner import load_checkpoint
+from mmengine.runner import load_state_dict
 from torch import Tensor, nn
 
+from aqr_exp.checkpoints import read_checkpoint
+from aqr_exp.configs import read_config
 from aqr_exp.errors import AqrError
-from aqr_exp.train import allow_mmengine_checkpoints
+from aqr_exp.files import check_input_file
+from aqr_exp.viz import CONFIG_EXPECTED
 from cmt_aqr.aqr.cells import MemoryLayout, QueryCells
 from cmt_aqr.aqr.module import AdaptiveQueryRouting
 from cmt_aqr.head import LayerOutputs, SceneContext
@@ -72,14 +76,9 @@ class SampleRun:
 
 def load(config: Path, checkpoint: Path | None) -> Loaded:
     """Check the inputs first (nothing is built or written on bad input), then build."""
-    if not config.is_file():
-        raise AqrError(f"config {config} does not exist; pass a file under plugin/configs/")
-    if checkpoint is not None and not checkpoint.is_file():
-        raise AqrError(
-            f"checkpoint {checkpoint} does not exist; pass an existing .pth file "
-            "(e.g. work_dirs/<run>/epoch_N.pth) or leave out --checkpoint"
-        )
-    cfg = Config.fromfile(config)
+    check_input_file(config, "config", CONFIG_EXPECTED)
+    weights = None if checkpoint is None else _state_dict(checkpoint)
+    cfg = read_config(config)
     if cfg.model.get("pts_bbox_head", {}).get("aqr") is None:
         raise AqrError(
             f"{config} has no AQR (model.pts_bbox_head.aqr is not set: the baseline), so "
@@ -89,15 +88,32 @@ def load(config: Path, checkpoint: Path | None) -> Loaded:
     init_default_scope(cfg.get("default_scope", "mmdet3d"))
     model = MODELS.build(cfg.model)
     model.init_weights()
-    if checkpoint is None:
+    if weights is None:
         log.info("no --checkpoint: using the config's freshly initialized (untrained) weights")
     else:
-        allow_mmengine_checkpoints()
-        load_checkpoint(model, str(checkpoint), map_location="cpu", strict=False)
+        load_state_dict(model, weights, strict=False)
         log.info("loaded %s", checkpoint)
     model.eval()
     dataset = DATASETS.build(cfg.val_dataloader.dataset)
     return Loaded(config, model, dataset, list(cfg.metainfo.classes))
+
+
+def _state_dict(path: Path) -> OrderedDict:
+    """The weights of a checkpoint, read safely (`read_checkpoint`), as mmengine's
+    load_checkpoint takes them: its state_dict, DDP's 'module.' prefix dropped."""
+    checkpoint = read_checkpoint(path)
+    state_dict = checkpoint.get("state_dict", checkpoint)
+    if not isinstance(state_dict, dict):
+        raise AqrError(
+            f"checkpoint {path}: not a loadable checkpoint: its state_dict is a "
+            f"{type(state_dict).__name__}, not a dict of weights"
+        )
+    metadata = getattr(state_dict, "_metadata", OrderedDict())
+    weights = OrderedDict(
+        (re.sub(r"^module\.", "", key), value) for key, value in state_dict.items()
+    )
+    weights._metadata = metadata  # type: ignore[attr-defined]
+    return weights
 
 
 def check_sample(loaded: Loaded, index: int) -> None:
