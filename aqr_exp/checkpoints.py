@@ -1,4 +1,4 @@
-"""Reading a checkpoint a user names (`viz --checkpoint`, `train --resume-from`).
+"""Reading a checkpoint a user names (`viz --checkpoint`, `train --resume CHECKPOINT`).
 
 A checkpoint is a pickle: loading one can run any code it asks for. torch.load's
 weights-only unpickler (the default since torch 2.6) refuses such files, but its

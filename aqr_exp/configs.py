@@ -9,7 +9,6 @@ here that updates them as well.
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import json
 import math
@@ -20,7 +19,7 @@ from typing import Any
 import yaml
 from mmengine.config import Config, ConfigDict
 
-from aqr_exp.errors import AqrError, one_line
+from aqr_exp.errors import AqrError, did_you_mean, one_line
 from aqr_exp.files import check_input_file
 
 AQR_KEY = "model.pts_bbox_head.aqr"
@@ -101,23 +100,9 @@ def iter_keys(value: Any, prefix: str = "") -> Iterator[str]:
         yield from iter_keys(child, key)
 
 
-def closest(word: str, choices: list[str]) -> str | None:
-    """The most similar choice, comparing full keys and then last components."""
-    match = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    if match:
-        return match[0]
-    tail = word.rsplit(".", 1)[-1]
-    by_tail: dict[str, str] = {}
-    for choice in choices:
-        by_tail.setdefault(choice.rsplit(".", 1)[-1], choice)
-    match = difflib.get_close_matches(tail, list(by_tail), n=1, cutoff=0.75)
-    return by_tail[match[0]] if match else None
-
-
 def unknown_key_error(key: str, cfg: Config, where: str) -> AqrError:
-    suggestion = closest(key, list(iter_keys(cfg.to_dict())))
-    hint = f"; did you mean {suggestion!r}?" if suggestion else ""
-    return AqrError(f"unknown config key {key!r} in {where}{hint}")
+    hint = did_you_mean(key, list(iter_keys(cfg.to_dict())))
+    return AqrError(f"unknown config key {key!r} in {where}{'; ' + hint.rstrip() if hint else ''}")
 
 
 def get_key(cfg: Config, key: str) -> Any:
@@ -211,8 +196,7 @@ def _coerce_mapping(key: str, current: Mapping[str, Any], value: Mapping[str, An
     checked = {}
     for sub, item in value.items():
         if sub not in current:
-            suggestion = closest(str(sub), [str(k) for k in current])
-            hint = f"did you mean {suggestion!r}? " if suggestion else ""
+            hint = did_you_mean(str(sub), [str(k) for k in current])
             known = ", ".join(str(k) for k in current)
             raise AqrError(f"{key}: unknown key {sub!r}; {hint}(the config's {key} has: {known})")
         checked[sub] = coerce(f"{key}.{sub}", current[sub], item)

@@ -5,6 +5,7 @@ file a user names before it is read."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -34,6 +35,13 @@ def write_atomic(path: Path, data: str | bytes) -> None:
 def write_json_atomic(path: Path, payload: Any) -> None:
     """JSON with NaN kept as NaN (undefined nuScenes errors), as mmengine writes it."""
     write_atomic(path, json.dumps(payload, indent=2, allow_nan=True) + "\n")
+
+
+def write_bench_results(stem: Path, payload: Any, text: str) -> None:
+    """A benchmark's results: the data as <stem>.json, the table as <stem>.md (and logged)."""
+    write_json_atomic(stem.with_suffix(".json"), payload)
+    write_atomic(stem.with_suffix(".md"), text)
+    logging.getLogger("bench").info("%s", text)
 
 
 def check_input_file(path: Path, what: str, expected: str) -> Path:

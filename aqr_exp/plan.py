@@ -19,10 +19,9 @@ from typing import Any
 from mmengine.config import Config
 
 from aqr_exp import configs, paths, trackers
-from aqr_exp.errors import AqrError
+from aqr_exp.errors import AqrError, did_you_mean
+from aqr_exp.registry import RUNS_DIR
 from aqr_exp.spec import Profile, Spec, Sweep, Variant
-
-RUNS_DIR = "runs"
 
 
 @dataclass(frozen=True)
@@ -284,8 +283,7 @@ def resolve_sweep(
             description=sweep.description,
         )
     if "." not in name:
-        suggestion = configs.closest(name, list(spec.sweeps))
-        hint = f"did you mean {suggestion!r}? " if suggestion else ""
+        hint = did_you_mean(name, list(spec.sweeps))
         raise AqrError(
             f"unknown sweep {name!r}: {hint}named sweeps in {spec.path.name}: "
             f"{', '.join(spec.sweeps) or 'none'}; or sweep a dotted config key with --values"

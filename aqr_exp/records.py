@@ -3,7 +3,7 @@
 run.yaml and metrics.json are written atomically, yet a file can still be
 broken: an older version crashed mid-write, a disk filled up, a hand edit went
 wrong, half a study was copied. Their readers (`registry.read_fields`,
-`results.runs.read_metrics`) raise `CorruptRecord`, which names the file, what
+`registry.read_metrics`) raise `CorruptRecord`, which names the file, what
 is wrong with it and how to fix it. A command about one named run shows it as
 its error (exit 2); a command over a whole study warns once per file
 (`readable`) and carries on with the other runs. Nothing here writes: a corrupt

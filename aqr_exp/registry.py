@@ -1,6 +1,9 @@
-"""The run registry: results/<study>/runs/<run_id>/{run.yaml, config.py}.
+"""The run registry: results/<study>/runs/<run_id>/{run.yaml, config.py, metrics.json}.
 
-run.yaml is the single source of truth about a run (status and provenance).
+A leaf: it knows run records, their states and where they live, and imports no
+planner and no launcher (asking a backend what a run is doing is the backend's job,
+aqr_exp.launch.backends). run.yaml is the single source of truth about a run (status
+and provenance).
 It is rewritten atomically (temp file + os.replace) under a per-run lock, so
 a reader never sees half a file and the pool and `aqr-exp cancel` never lose
 each other's change. Statuses follow a small state machine:
@@ -17,13 +20,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import os
+import functools
+import json
+import re
 import shutil
-import socket
 import subprocess
 import types
 import typing
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,20 +35,21 @@ from typing import Any
 
 import yaml
 
-from aqr_exp import configs, paths, safe_yaml
+from aqr_exp import paths, safe_yaml
 from aqr_exp.errors import AqrError
 from aqr_exp.files import write_atomic
-from aqr_exp.launch import slurmctl
-from aqr_exp.launch.base import FINAL_STATES, TrainJob
-from aqr_exp.plan import RUNS_DIR, Plan, Run
 from aqr_exp.progress import tail_lines
 from aqr_exp.records import CorruptRecord
-from aqr_exp.results.runs import check_name
 
+RUNS_DIR = "runs"
 RUN_FILE = "run.yaml"
 CONFIG_FILE = "config.py"
+METRICS_FILE = "metrics.json"
+IMPORTED = "imported"  # launcher.type of runs made by `aqr-exp import-log`
+BASELINE_VARIANT = "baseline"
 STATES = ("planned", "queued", "running", "done", "failed", "interrupted", "cancelled")
 ACTIVE = frozenset({"queued", "running"})
+FINAL_STATES = frozenset({"done", "failed", "interrupted", "cancelled"})
 TRANSITIONS = {
     "planned": {"planned", "queued", "cancelled"},
     "queued": {"running", "cancelled", "interrupted", "failed"},
@@ -55,10 +60,17 @@ TRANSITIONS = {
     "cancelled": {"planned"},
 }
 LOG_TAIL_LINES = 20
+# metrics.json sections read as objects, and those of them that hold only numbers.
+_METRICS_MAPPINGS = (
+    "sweep", "source", "metrics", "per_class_ap", "per_class", "cost", "aqr", "predictions",
+)  # fmt: skip
+_METRICS_NUMBERS = ("metrics", "per_class_ap", "cost", "aqr")
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # fullmatch: no trailing newline
 
 
-class TransitionError(RuntimeError):
-    """A status change the state machine does not allow (a bug, not user input)."""
+class TransitionError(AqrError):
+    """A status change the state machine does not allow: the run moved under us (another
+    process, a hand edit), said in one line like any other error."""
 
 
 class RunHeld(AqrError):
@@ -182,12 +194,18 @@ def _kind(value: Any) -> str:
     return "nothing" if value is None else type(value).__name__
 
 
+@functools.cache
+def _record_hints() -> dict[str, Any]:
+    """RunRecord's field types, evaluated once (not for each of a study's records)."""
+    return typing.get_type_hints(RunRecord)
+
+
 def _fields_problem(data: dict[Any, Any], required: Collection[str]) -> str | None:
     """What makes `data` unusable as a RunRecord, in a few words; None when nothing does.
 
     Null is accepted for every field but the status: writers leave what they do not
     know empty (an imported run has no config or work dir)."""
-    hints = typing.get_type_hints(RunRecord)
+    hints = _record_hints()
     unknown = sorted(str(key) for key in data if key not in hints)
     if unknown:
         return f"unknown fields {', '.join(unknown)} (another version's record?)"
@@ -233,12 +251,12 @@ def _short(value: Any, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _write(run_dir: Path, record: RunRecord) -> None:
+def write_record(run_dir: Path, record: RunRecord) -> None:
     write_atomic(run_dir / RUN_FILE, record.to_yaml())
 
 
 @contextlib.contextmanager
-def _locked(run_dir: Path) -> Iterator[None]:
+def locked(run_dir: Path) -> Iterator[None]:
     with open(run_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
@@ -246,25 +264,25 @@ def _locked(run_dir: Path) -> Iterator[None]:
 
 def transition(run_dir: Path, status: str, **fields: Any) -> RunRecord:
     """Move a run to `status`, setting other fields with it, atomically."""
-    with _locked(run_dir):
+    with locked(run_dir):
         record = read(run_dir)
         if record is None:
             raise TransitionError(f"no {RUN_FILE} in {run_dir}")
         if status not in TRANSITIONS[record.status]:
             raise TransitionError(f"{record.run_id}: {record.status} → {status} is not allowed")
         record = dataclasses.replace(record, status=status, **fields)
-        _write(run_dir, record)
+        write_record(run_dir, record)
         return record
 
 
 def update(run_dir: Path, **fields: Any) -> RunRecord:
     """Change fields other than the status (e.g. the exit code of a cancelled run)."""
-    with _locked(run_dir):
+    with locked(run_dir):
         record = read(run_dir)
         if record is None:
             raise TransitionError(f"no {RUN_FILE} in {run_dir}")
         record = dataclasses.replace(record, **fields)
-        _write(run_dir, record)
+        write_record(run_dir, record)
         return record
 
 
@@ -274,106 +292,14 @@ def add_launcher_info(run_dir: Path, status: str | None = None, **info: Any) -> 
     The submitter and the job itself both write here, in either order (a
     Slurm job may start before sbatch has returned); merging keeps both.
     """
-    with _locked(run_dir):
+    with locked(run_dir):
         record = read(run_dir)
         if record is None:
             raise TransitionError(f"no {RUN_FILE} in {run_dir}")
         launcher = {**(record.launcher or {}), **info}
         new_status = status if status is not None and record.status == "planned" else record.status
         record = dataclasses.replace(record, launcher=launcher, status=new_status)
-        _write(run_dir, record)
-        return record
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process is still there for its launcher.
-
-    A zombie counts as alive while its parent (the pool, which records the exit
-    when it reaps it) lives; an orphaned zombie nobody reaps counts as gone.
-    """
-    if Path("/proc/self").exists():
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            return False
-        state, parent = fields[0], int(fields[1])
-        if state in ("Z", "X"):
-            return parent > 1 and Path(f"/proc/{parent}").exists()
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def observe(record: RunRecord) -> tuple[str, str | None]:
-    """The status as it really is: an active run whose process on this host is
-    gone (SIGKILL, OOM killer, reboot) is interrupted, whatever run.yaml says;
-    a Slurm run is what its job in Slurm's queue says (see `slurm_view`)."""
-    launcher = record.launcher or {}
-    if launcher.get("type") == "slurm":
-        jobs = slurmctl.queue()
-        job_id = launcher.get("job_id")
-        if jobs is None or job_id is None:
-            return record.status, record.reason
-        return slurm_view(record.status, record.reason, launcher, jobs.get(str(job_id)))
-    pid = launcher.get("pid")
-    here = launcher.get("host") == socket.gethostname()
-    if record.status in ACTIVE and pid and here and not pid_alive(int(pid)):
-        return "interrupted", (
-            f"the process (pid {pid}) is gone while the run was {record.status}: "
-            "killed (e.g. SIGKILL, out of memory) or the machine restarted"
-        )
-    return record.status, record.reason
-
-
-def slurm_view(
-    status: str, reason: str | None, launcher: dict[str, Any], job: slurmctl.SlurmJob | None
-) -> tuple[str, str | None]:
-    """A Slurm run's status from its record and its job in the queue (None: gone).
-
-    Requeued (preemption, time limit, scontrol requeue): the job is pending
-    again while the record says running or interrupted → queued. Gone or
-    ended in a failure state while the record says active → interrupted (the
-    job could not record its own end: node failure, SIGKILL, out of memory).
-    """
-    job_id = launcher.get("job_id")
-    if job is not None and job.state in slurmctl.PENDING and status in ("running", "interrupted"):
-        return "queued", (
-            f"requeued by Slurm (job {job_id} {job.describe()}); "
-            "it resumes from its last checkpoint when it starts"
-        )
-    if status not in ACTIVE:
-        return status, reason
-    if job is not None and job.state in slurmctl.PENDING | slurmctl.RUNNING | slurmctl.ENDING:
-        return status, reason
-    ended = "is gone" if job is None else f"ended {job.state}"
-    log = f"; Slurm's log: {launcher['slurm_log']}" if launcher.get("slurm_log") else ""
-    return "interrupted", (
-        f"Slurm job {job_id} {ended} but the run never recorded its end (node failure, "
-        f"out of memory, or the job script failed{log}); running it again resumes from its "
-        "last checkpoint"
-    )
-
-
-def reconcile(run_dir: Path) -> RunRecord | None:
-    """Record what `observe` finds, so every reader agrees afterwards."""
-    record = read(run_dir)
-    if record is None:
-        return None
-    status, reason = observe(record)
-    if status == record.status:
-        return record
-    with _locked(run_dir):
-        current = read(run_dir)
-        if current is None or current.status != record.status:
-            return current  # someone else moved it meanwhile
-        finished = now() if status in FINAL_STATES else current.finished
-        record = dataclasses.replace(current, status=status, reason=reason, finished=finished)
-        _write(run_dir, record)
+        write_record(run_dir, record)
         return record
 
 
@@ -399,52 +325,10 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
     return tail_lines(path)[-lines:]
 
 
-def prepare(plan: Plan, run: Run, fresh: bool) -> TrainJob:
-    """Create (or reset) a run's registry entry and resolved config: status planned.
-
-    `fresh` (--force) deletes the work dir first, so nothing is resumed and
-    the logs of the earlier attempt do not mix with the new ones.
-    """
-    if run.parent is not None and not Path(run.cfg.load_from).is_file():
-        raise AqrError(
-            f"{run.run_id} starts from {run.parent.run_id}, whose final checkpoint "
-            f"{run.cfg.load_from} is missing: rerun that run (--force) first"
-        )
-    run.run_dir.mkdir(parents=True, exist_ok=True)
-    reconcile(run.run_dir)  # a run whose process died is interrupted, not running
-    record = RunRecord(
-        run_id=run.run_id,
-        study=run.study,
-        variant=run.variant,
-        sweep=run.sweep.as_dict() if run.sweep else None,
-        overrides=run.overrides,
-        seed=run.seed,
-        config=run.config_name,
-        work_dir=str(run.work_dir),
-        git_commit=git_commit(),
-        code=str(paths.PACKAGE_ROOT),
-        data_root=str(plan.data_root),
-        init_from=run.parent.run_id if run.parent else None,
-        trackers=run.trackers or None,
-    )
-    with _locked(run.run_dir):
-        previous = read(run.run_dir)
-        if previous is not None and observe(previous)[0] in ACTIVE:
-            # Another `run`/`sweep` took it since `decide`: its work dir and config stay.
-            raise RunHeld([holding(previous)])
-        if fresh and run.work_dir.exists():
-            shutil.rmtree(run.work_dir)
-        configs.dump_config(run.cfg, run.run_dir / CONFIG_FILE)
-        if previous is not None:
-            record.created = previous.created
-        _write(run.run_dir, record)
-    return job_for(run)
-
-
 def claim(run_dir: Path, launcher: dict[str, Any]) -> RunRecord:
     """Queue a prepared run for this process's `launcher`, atomically: of two processes
     that prepared the same run, one queues it and the other gets RunHeld."""
-    with _locked(run_dir):
+    with locked(run_dir):
         record = read(run_dir)
         if record is None:
             raise TransitionError(f"no {RUN_FILE} in {run_dir}")
@@ -453,7 +337,7 @@ def claim(run_dir: Path, launcher: dict[str, Any]) -> RunRecord:
         if "queued" not in TRANSITIONS[record.status]:
             raise TransitionError(f"{record.run_id}: {record.status} → queued is not allowed")
         record = dataclasses.replace(record, status="queued", launcher=launcher, reason=None)
-        _write(run_dir, record)
+        write_record(run_dir, record)
         return record
 
 
@@ -462,117 +346,145 @@ def holding(record: RunRecord) -> str:
     return f"{record.run_id} ({record.status}, {describe_launch(record.launcher)})"
 
 
-def held(runs: Iterable[Run]) -> list[str]:
-    """The runs that a live process holds (queued or running), each with its holder."""
-    found = []
-    for run in runs:
-        record = read(run.run_dir)
-        if record is not None and observe(record)[0] in ACTIVE:
-            found.append(holding(record))
-    return found
-
-
-def job_for(run: Run) -> TrainJob:
-    """What a launcher needs to train a planned run."""
-    return TrainJob(
-        run_id=run.run_id,
-        run_dir=run.run_dir,
-        work_dir=run.work_dir,
-        train_len=configs.train_length(run.cfg),
-    )
-
-
-@dataclass(frozen=True)
-class Step:
-    """What starting a plan does to one run."""
-
-    run: Run
-    # start | resume | rerun | skip | wait (for its warm-start parent) | blocked (its
-    # run.yaml is corrupt: `problem` says how; nothing may start or rewrite it)
-    action: str
-    note: str = ""
-    problem: CorruptRecord | None = None
-
-
-def _has_checkpoint(work_dir: Path) -> bool:
-    return (work_dir / "last_checkpoint").is_file()
-
-
-def _status(run: Run) -> tuple[str | None, str | None]:
-    record = read(run.run_dir)
-    return observe(record) if record else (None, None)
-
-
-def decide(
-    plan: Plan,
-    force: bool = False,
-    retry_failed: bool = False,
-    only: set[str] | None = None,
-) -> list[Step]:
-    """Per run: start it, resume it, rerun it from scratch, skip it (read-only),
-    wait until its warm-start parent is done, or leave it blocked (corrupt run.yaml).
-
-    Finished runs are skipped, interrupted/cancelled ones resumed from their
-    last checkpoint, failed ones retried only on request; `force` reruns all
-    but the ones still running. `only`: decide for these run ids alone (the
-    others are taken as settled).
-    """
-    steps, starting, blocked = [], set(), set()
-    for run in plan.runs:
-        if only is not None and run.run_id not in only:
-            continue
-        step = _decide_one(run, force, retry_failed)
-        parent = run.parent
-        if step.action == "blocked":
-            blocked.add(run.run_id)
-        elif parent is not None and step.action != "skip":
-            if parent.run_id in blocked:
-                note = f"starts once {parent.run_id} is done (its {RUN_FILE} is corrupt)"
-                step = Step(run, "wait", note)
-            else:
-                parent_status, _ = _status(parent)
-                if parent.run_id in starting or parent_status != "done":
-                    state = "starting now" if parent.run_id in starting else parent_status
-                    note = f"starts once {parent.run_id} is done ({state or 'new'})"
-                    step = Step(run, "wait", note)
-        if step.action not in ("skip", "wait", "blocked"):
-            starting.add(run.run_id)
-        steps.append(step)
-    return steps
-
-
-def _decide_one(run: Run, force: bool, retry_failed: bool) -> Step:
-    try:
-        record = read(run.run_dir)
-    except CorruptRecord as err:
-        return Step(run, "blocked", f"its {RUN_FILE} is corrupt: {err.problem}", err)
-    status, reason = observe(record) if record else (None, None)
-    resume = "resume" if _has_checkpoint(run.work_dir) else "start"
-    if status in ACTIVE:
-        where = describe_launch(record.launcher if record else None)
-        return Step(run, "skip", f"{status} ({where}); `aqr-exp cancel` stops it")
-    if force and status is not None:
-        return Step(run, "rerun", f"was {status}; --force starts it from scratch")
-    if status == "done":
-        return Step(run, "skip", "done")
-    if status == "failed" and not retry_failed:
-        return Step(run, "skip", f"failed: {reason}; --retry-failed retries it")
-    note = {None: "new", "planned": "planned earlier"}.get(status, f"was {status}")
-    return Step(run, resume, note)
+def settle(run_dir: Path, seen: RunRecord, status: str, reason: str | None) -> RunRecord | None:
+    """Record what a backend observed about a run it found as `seen` (e.g. its process
+    gone: interrupted), unless the run moved meanwhile; returns the current record."""
+    with locked(run_dir):
+        current = read(run_dir)
+        if current is None or current.status != seen.status:
+            return current  # someone else moved it meanwhile
+        finished = now() if status in FINAL_STATES else current.finished
+        record = dataclasses.replace(current, status=status, reason=reason, finished=finished)
+        write_record(run_dir, record)
+        return record
 
 
 def describe_launch(launcher: dict[str, Any] | None) -> str:
-    """Where a run runs, in a few words: 'slurm job 12_0' or 'pid 4242 on node1'."""
+    """Where a run runs, in a few words, from what its backend recorded: 'slurm job
+    12_0' (a scheduler's job) or 'pid 4242 on node1' (a process)."""
     launcher = launcher or {}
-    if launcher.get("type") == "slurm":
-        return f"slurm job {launcher.get('job_id')}"
+    if launcher.get("job_id"):
+        return f"{launcher.get('type')} job {launcher['job_id']}"
     host = f" on {launcher['host']}" if launcher.get("host") else ""
     return f"pid {launcher.get('pid')}{host}"
 
 
-def job_of(run_dir: Path) -> TrainJob:
-    """The job of an existing registry entry (for a detached pool)."""
-    record = read(run_dir)
+def runs_dir(results_root: Path, study: str) -> Path:
+    return results_root / study / RUNS_DIR
+
+
+def read_run_record(run_dir: Path) -> dict[str, Any]:
+    """run.yaml as a dict, checked by the registry's reader (CorruptRecord when broken).
+
+    The results side needs a run's status; the other fields may be missing (hand-made
+    or imported runs), but those present must have the registry's types."""
+    record = read_fields(run_dir, required=("status",))
     if record is None:
-        raise TransitionError(f"no {RUN_FILE} in {run_dir}")
-    return TrainJob(run_id=record.run_id, run_dir=run_dir, work_dir=Path(record.work_dir))
+        raise AqrError(f"{run_dir}: not a run directory (no {RUN_FILE})")
+    return record
+
+
+def is_imported(record: dict[str, Any]) -> bool:
+    return (record.get("launcher") or {}).get("type") == IMPORTED
+
+
+def write_run_record(run_dir: Path, record: dict[str, Any]) -> None:
+    """Write run.yaml atomically (used for imported runs, which have no launcher)."""
+    write_atomic(run_dir / RUN_FILE, yaml.safe_dump(record, sort_keys=False))
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any]:
+    """metrics.json, checked: the one reader of it (CorruptRecord when it is broken,
+    e.g. half-written by a tool that does not write atomically)."""
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        raise AqrError(f"{run_dir}: no {METRICS_FILE} (run `aqr-exp collect` first)")
+    fix = "run `aqr-exp collect` to write it again (or `aqr-exp import-log --force`), or delete it"
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        where = f":{err.lineno}:{err.colno}"
+        raise CorruptRecord(path, f"not valid JSON: {err.msg}", fix, where) from None
+    except UnicodeDecodeError as err:
+        problem = f"not a text file ({err.reason} at byte {err.start})"
+        raise CorruptRecord(path, problem, fix) from None
+    except OSError as err:
+        raise CorruptRecord(path, f"cannot be read ({err.strerror or err})", fix) from None
+    problem = _metrics_problem(metrics)
+    if problem is not None:
+        raise CorruptRecord(path, problem, fix)
+    return metrics
+
+
+def _metrics_problem(metrics: Any) -> str | None:
+    """What makes `metrics` unusable for compare and report; None when nothing does."""
+    if not isinstance(metrics, dict):
+        return f"expected a JSON object of metrics, got {type(metrics).__name__}"
+    for section in _METRICS_MAPPINGS:
+        value = metrics.get(section)
+        if value is not None and not isinstance(value, dict):
+            return f"{section} is {type(value).__name__}, expected an object"
+    for section in _METRICS_NUMBERS:
+        for name, value in (metrics.get(section) or {}).items():
+            if value is not None and not _is_number(value):
+                return f"{section}.{name} is {value!r}, expected a number"
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_name(name: str, kind: str) -> str:
+    """Run ids and study names become directory names (and glob patterns): keep them to a
+    safe character set. `kind` ("run name", "study name") says in the error which it is."""
+    if not _RUN_ID.fullmatch(name):
+        raise AqrError(
+            f"{kind} {name!r} is not usable as a directory name "
+            "(letters, digits, '.', '_', '-'; not starting with '.', '_' or '-')"
+        )
+    return name
+
+
+def list_studies(results_root: Path) -> list[str]:
+    if not results_root.is_dir():
+        return []
+    return sorted(p.parent.name for p in results_root.glob("*/runs") if p.is_dir())
+
+
+def study_run_dirs(results_root: Path, study: str) -> list[Path]:
+    """Run dirs of one study, sorted by run id."""
+    root = runs_dir(results_root, study)
+    if not root.is_dir():
+        known = ", ".join(list_studies(results_root)) or "none"
+        raise AqrError(f"no study {study!r} under {results_root} (studies found: {known})")
+    return sorted(p for p in root.iterdir() if (p / RUN_FILE).is_file())
+
+
+def resolve_run_ref(results_root: Path, ref: str, study: str | None) -> Path:
+    """A RUN argument: a path to a run dir, or a run id looked up in the registry."""
+    as_path = Path(ref)
+    if (as_path / RUN_FILE).is_file() or (as_path / METRICS_FILE).is_file():
+        return as_path
+    studies = [study] if study else list_studies(results_root)
+    hits = [
+        runs_dir(results_root, s) / ref
+        for s in studies
+        if (runs_dir(results_root, s) / ref).is_dir()
+    ]
+    if not hits:
+        raise AqrError(f"run {ref!r}: not a run directory and not a run id under {results_root}")
+    if len(hits) > 1:
+        found = ", ".join(str(h) for h in hits)
+        raise AqrError(f"run id {ref!r} is in several studies ({found}): pass --study")
+    return hits[0]
+
+
+def default_study(results_root: Path) -> str:
+    """The only study in the registry; an error naming the choices otherwise."""
+    studies = list_studies(results_root)
+    if len(studies) == 1:
+        return studies[0]
+    if not studies:
+        raise AqrError(f"no studies under {results_root}")
+    raise AqrError(f"several studies under {results_root}: pass --study ({', '.join(studies)})")

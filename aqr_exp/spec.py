@@ -16,8 +16,7 @@ from typing import Any
 
 from aqr_exp import paths, safe_yaml
 from aqr_exp import trackers as trackers_module
-from aqr_exp.configs import closest
-from aqr_exp.errors import AqrError
+from aqr_exp.errors import AqrError, did_you_mean, unknown
 
 MAX_SEED = 2**32 - 1  # numpy (and so mmengine's set_random_seed) takes 32-bit unsigned seeds
 
@@ -183,12 +182,12 @@ class Spec:
     def profile(self, name: str | None) -> Profile:
         name = name or self.default_profile
         if name not in self.profiles:
-            raise AqrError(_unknown("profile", name, list(self.profiles), self.path))
+            raise unknown("profile", name, list(self.profiles), self.path.name)
         return self.profiles[name]
 
     def variant(self, name: str) -> Variant:
         if name not in self.variants:
-            raise AqrError(_unknown("variant", name, list(self.variants), self.path))
+            raise unknown("variant", name, list(self.variants), self.path.name)
         return self.variants[name]
 
     def variant_config(self, variant: Variant, profile: Profile) -> Path:
@@ -197,12 +196,6 @@ class Spec:
             return profile.config
         _, _, suffix = profile.config.name.partition("_")
         return profile.config.with_name(f"{variant.config_prefix}_{suffix}")
-
-
-def _unknown(kind: str, name: str, known: list[str], where: Path) -> str:
-    suggestion = closest(name, known)
-    hint = f"did you mean {suggestion!r}? " if suggestion else ""
-    return f"unknown {kind} {name!r} ({where.name}): {hint}known: {', '.join(known)}"
 
 
 class _Reader:
@@ -224,9 +217,11 @@ class _Reader:
     def only(self, *allowed: str) -> _Reader:
         for key in self.data:
             if key not in allowed:
-                suggestion = closest(str(key), list(allowed))
-                hint = f"; did you mean {suggestion!r}?" if suggestion else ""
-                raise self.error(str(key), f"unknown key{hint} (allowed: {', '.join(allowed)})")
+                hint = did_you_mean(str(key), allowed).rstrip()
+                known = ", ".join(allowed)
+                raise self.error(
+                    str(key), f"unknown key{'; ' + hint if hint else ''} (allowed: {known})"
+                )
         return self
 
     def get(
@@ -346,9 +341,7 @@ def _check_init_chain(reader: _Reader, variant: Variant, variants: Mapping[str, 
     if variant.init_from is None:
         return
     if variant.init_from not in variants:
-        raise reader.error(
-            "init_from", _unknown("variant", variant.init_from, list(variants), reader.path)
-        )
+        raise reader.error("init_from", str(unknown("variant", variant.init_from, list(variants))))
     chain = [variant.name]
     parent: str | None = variant.init_from
     while parent is not None:
@@ -367,7 +360,7 @@ def _sweeps(reader: _Reader, variants: Mapping[str, Variant]) -> dict[str, Sweep
             raise entry.error("", "a sweep name has no dots (dotted names are config keys)")
         variant = entry.get("variant", str)
         if variant not in variants:
-            raise entry.error("variant", _unknown("variant", variant, list(variants), reader.path))
+            raise entry.error("variant", str(unknown("variant", variant, list(variants))))
         values = entry.get("values", list)
         if not values:
             raise entry.error("values", "give at least one value")
@@ -416,7 +409,7 @@ def load_spec(path: Path | None = None) -> Spec:
     profiles = _profiles(reader.sub("profiles"), config_dir, path.parent)
     default_profile = reader.get("profile", str, next(iter(profiles)))
     if default_profile not in profiles:
-        raise reader.error("profile", _unknown("profile", default_profile, list(profiles), path))
+        raise reader.error("profile", str(unknown("profile", default_profile, list(profiles))))
     variants = _variants(reader.sub("variants"))
     baseline = reader.get("baseline", str, "baseline")
     if baseline not in variants:

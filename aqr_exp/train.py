@@ -25,7 +25,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
@@ -164,9 +164,18 @@ class _Overrides(DictAction):
         super().__call__(parser, namespace, values, option_string)
 
 
-def parser() -> argparse.ArgumentParser:
-    parse = argparse.ArgumentParser(
-        prog="python -m aqr_exp.train",
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors as AqrError: `aqr-exp train` shows them as its one `error:` line."""
+
+    def error(self, message: str) -> NoReturn:
+        raise AqrError(f"{self.prog}: {message}")
+
+
+def parser(
+    prog: str = "python -m aqr_exp.train", one_line_errors: bool = False
+) -> argparse.ArgumentParser:
+    parse = (_OneLineParser if one_line_errors else argparse.ArgumentParser)(
+        prog=prog,
         description="Train a 3D detector from an mmengine config (mmdet3d tools/train.py + fixes).",
     )
     parse.add_argument("config", type=Path, help="train config file path")
@@ -198,8 +207,12 @@ def parser() -> argparse.ArgumentParser:
     return parse
 
 
-def parse_args(argv: Sequence[str] | None = None) -> TrainOptions:
-    args = parser().parse_args(argv)
+def parse_args(
+    argv: Sequence[str] | None = None,
+    prog: str = "python -m aqr_exp.train",
+    one_line_errors: bool = False,
+) -> TrainOptions:
+    args = parser(prog, one_line_errors).parse_args(argv)
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     return TrainOptions(
         config=args.config,
@@ -235,8 +248,16 @@ def run(opts: TrainOptions, *, log_usage_errors: bool = True) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None, *, log_usage_errors: bool = True) -> int:
-    return run(parse_args(argv), log_usage_errors=log_usage_errors)
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    log_usage_errors: bool = True,
+    prog: str = "python -m aqr_exp.train",
+) -> int:
+    """Without `log_usage_errors` (`aqr-exp train`), bad options and files are raised as
+    AqrError, for the caller's one error line."""
+    opts = parse_args(argv, prog, one_line_errors=not log_usage_errors)
+    return run(opts, log_usage_errors=log_usage_errors)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aqr_exp.files import write_atomic, write_json_atomic
+from aqr_exp.files import write_bench_results
 from cmt_aqr.aqr.bias import BiasScale, WindowBias, WindowSpec
 from cmt_aqr.aqr.cells import MemoryLayout, QueryCells
 from cmt_aqr.attention import MultiheadAttention
@@ -335,9 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         "sizes": {k: asdict(SIZES[k]) for k in sizes},
         "results": results,
     }
-    write_json_atomic(stem.with_suffix(".json"), payload)
-    write_atomic(stem.with_suffix(".md"), markdown(results, device, command.strip()))
-    log.info("wrote %s.{json,md}", stem)
+    write_bench_results(stem, payload, markdown(results, device, command.strip()))
     return 0
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aqr_exp.files import write_atomic, write_json_atomic
+from aqr_exp.files import write_bench_results
 from aqr_exp.results.bootstrap import group_resamples, resample_counts
 from aqr_exp.results.matching import ClassMatches, MatchTable
 from aqr_exp.results.nuscenes import TP_ERRORS
@@ -105,14 +105,10 @@ def main(argv: list[str] | None = None) -> int:
             "",
         ]
     )
-    write_json_atomic(
-        args.out.with_suffix(".json"),
-        {"device": device, "command": command.strip(), "seconds": seconds,
-         "resamples": args.resamples, "samples": args.samples, "scenes": args.scenes,
-         "predictions_per_run": predictions},
-    )  # fmt: skip
-    write_atomic(args.out.with_suffix(".md"), text)
-    log.info("%s", text)
+    payload = {"device": device, "command": command.strip(), "seconds": seconds,
+               "resamples": args.resamples, "samples": args.samples, "scenes": args.scenes,
+               "predictions_per_run": predictions}  # fmt: skip
+    write_bench_results(args.out, payload, text)
     return 0
 
 

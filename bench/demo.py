@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from aqr_exp import paths
-from aqr_exp.files import write_atomic, write_json_atomic
+from aqr_exp.files import write_bench_results
 
 log = logging.getLogger("bench.demo")
 RESULTS = Path(__file__).parent / "results"
@@ -122,10 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         "baseline_NDS": spread([row["NDS"] for row in baseline]),
         "runs": runs,
     }
-    write_json_atomic(args.out.with_suffix(".json"), result)
-    text = markdown(result)
-    write_atomic(args.out.with_suffix(".md"), text)
-    log.info("%s", text)
+    write_bench_results(args.out, result, markdown(result))
     return 0
 
 

@@ -24,7 +24,7 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 from aqr_exp import paths
-from aqr_exp.files import write_atomic, write_json_atomic
+from aqr_exp.files import write_bench_results
 
 log = logging.getLogger("bench.train_step")
 
@@ -112,12 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             "",
         ]
     )
-    write_json_atomic(
-        args.out.with_suffix(".json"),
-        {"device": device, "command": command.strip(), "seconds": times, "median": median},
-    )
-    write_atomic(args.out.with_suffix(".md"), text)
-    log.info("%s", text)
+    payload = {"device": device, "command": command.strip(), "seconds": times, "median": median}
+    write_bench_results(args.out, payload, text)
     return 0
 
 

@@ -13,7 +13,7 @@ from cmt_aqr.aqr.bias import BiasScale, WindowBias, WindowSpec
 from cmt_aqr.aqr.cells import MemoryLayout, QueryCells, window_offsets
 from cmt_aqr.aqr.render import render_maps
 from cmt_aqr.attention import MultiheadAttention
-from cmt_aqr.head import CmtHead, SceneContext
+from cmt_aqr.head import AqrCmtHead, SceneContext
 from cmt_aqr.transformer import CmtDecoderLayer
 
 LAYOUT = MemoryLayout(bev_size=(6, 8), num_views=2, cam_size=(4, 5))
@@ -231,14 +231,14 @@ def _scene() -> SceneContext:
 @pytest.mark.parametrize("aqr_type", ["old", "new"])
 def test_detection_loss_reaches_the_weight_generator_and_the_scale(aqr_type: str) -> None:
     torch.manual_seed(0)
-    head = CmtHead(
+    head = AqrCmtHead(
         in_channels=8,
         point_cloud_range=[-20.0, -20.0, -5.0, 20.0, 20.0, 3.0],
         embed_dims=16,
         num_query=12,
         depth_num=4,
         transformer=dict(
-            type="CmtTransformer",
+            type="AqrCmtTransformer",
             decoder=dict(
                 type="CmtTransformerDecoder", num_layers=2, embed_dims=16, num_heads=4, ffn_dims=32
             ),

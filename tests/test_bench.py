@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -52,3 +53,31 @@ def test_bootstrap_bench_runs_small_and_reports_its_time(tmp_path: Path) -> None
         f"**{payload['seconds']:.1f} s** with 2 worker processes"
         in stem.with_suffix(".md").read_text()
     )
+
+
+def test_cli_bench_times_help_and_status_over_the_runs_it_writes(tmp_path: Path) -> None:
+    stem = tmp_path / "out" / "cli"
+    scratch = tmp_path / "scratch"  # the bench's registry goes here (TMPDIR), then away
+    scratch.mkdir()
+    subprocess.run(
+        [sys.executable, str(paths.PACKAGE_ROOT / "bench" / "cli.py"),
+         "--runs", "20", "--repeats", "1", "--out", str(stem)],
+        check=True, cwd=paths.PACKAGE_ROOT, env={**os.environ, "TMPDIR": str(scratch)},
+    )  # fmt: skip
+    payload = json.loads(stem.with_suffix(".json").read_text())
+    assert payload["runs"] == 20 and payload["repeats"] == 1
+    assert set(payload["provenance"]) >= {"machine", "python", "aqr_exp", "git_commit", "date"}
+    assert payload["goals_s"] == {"help": 1.0, "status": 2.0, "status_study": 2.0}
+    for row in payload["results"].values():
+        assert len(row["times_s"]) == 1 and row["median_s"] == row["times_s"][0] > 0
+    table = markdown_tables(stem.with_suffix(".md").read_text())[0]
+    assert [row[0] for row in table[1:]] == [
+        "`aqr-exp --help`",
+        "`aqr-exp status` (20 runs)",
+        "`aqr-exp status --study aqr_cmt-bench` (20 runs)",
+    ]
+    for row, key in zip(table[1:], ("help", "status", "status_study"), strict=True):
+        median = payload["results"][key]["median_s"]
+        assert row[1] == f"{median:.2f} s"
+        assert row[5] == ("yes" if median <= payload["goals_s"][key] else "no")
+    assert list(scratch.iterdir()) == []  # the 20 run dirs were removed

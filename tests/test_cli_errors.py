@@ -128,10 +128,14 @@ def test_the_malicious_payload_would_run_if_unpickled(tmp_path: Path) -> None:
         (["missing.py"], "config missing.py does not exist; expected an mmengine config file"),
         (["broken.py"], "config broken.py: not a valid mmengine config: Python syntax error"),
         (
-            ["ok.py", "--resume-from", "random.pth"],
+            ["ok.py", "--resume", "random.pth"],
             "resume checkpoint random.pth: not a loadable checkpoint",
         ),
-        (["ok.py", "--cfg-options", "max_epochs"], "--cfg-options 'max_epochs' is not KEY=VALUE"),
+        (
+            ["ok.py", "--cfg-options", "max_epochs"],
+            "aqr-exp train: argument --cfg-options: 'max_epochs' is not KEY=VALUE",
+        ),
+        (["ok.py", "--launcher", "lsf"], "aqr-exp train: argument --launcher: invalid choice"),
     ],
 )
 def test_train_names_the_file_it_cannot_use(args: list[str], expected: str, cwd: Path) -> None:

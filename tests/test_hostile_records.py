@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from fixtures.toy.helpers import TOY_SPEC, cli, make_toy_data, toy_args, toy_importable, wait_for
 
-from aqr_exp import registry
-from aqr_exp.launch.local import LocalLauncher
+from aqr_exp import execute, registry
+from aqr_exp.launch.local import LocalLauncher, pid_alive
 from aqr_exp.plan import Plan, Target, plan_sweep, plan_variants, resolve_sweep
 from aqr_exp.records import CorruptRecord
-from aqr_exp.results.runs import read_metrics, read_run_record
+from aqr_exp.registry import read_metrics, read_run_record
 from aqr_exp.spec import load_spec
 
 STUDY = "hostile"
@@ -202,7 +202,7 @@ def test_a_run_claimed_by_another_process_is_neither_reset_nor_claimed_again(
 ) -> None:
     """Two commands that decided at once: the later claim loses, cleanly."""
     first, second = plan.runs[:2]
-    job = registry.prepare(plan, first, fresh=False)
+    job = execute.prepare(plan, first, fresh=False)
     holder = subprocess.Popen(["sleep", "120"])  # stands for the other command's live pool
     try:
         info = {"type": "local", "host": socket.gethostname(), "pid": holder.pid, "job_id": None}
@@ -211,11 +211,11 @@ def test_a_run_claimed_by_another_process_is_neither_reset_nor_claimed_again(
         (first.work_dir / "epoch_1.pth").write_text("the other run's checkpoint")
         held = f"{first.run_id} (queued, pid {holder.pid} on {socket.gethostname()})"
         with pytest.raises(registry.RunHeld, match=re.escape(f"another process holds {held}:")):
-            registry.prepare(plan, first, fresh=True)  # --force would delete its work dir
+            execute.prepare(plan, first, fresh=True)  # --force would delete its work dir
         assert (first.work_dir / "epoch_1.pth").is_file()
 
         launcher = LocalLauncher(max_concurrent=1, gpus_per_run=0, gpu_ids=[])
-        mine = registry.prepare(plan, second, fresh=False)
+        mine = execute.prepare(plan, second, fresh=False)
         with pytest.raises(registry.RunHeld, match="another process holds"):
             launcher.submit_all([mine, job])
         given_back = registry.read(mine.run_dir)
@@ -263,7 +263,7 @@ def test_a_second_sweep_on_runs_another_process_holds_says_which_and_exits_2(
         assert f"{holder.run_id} (running, pid {pid} on {host})" in line
         assert "aqr-exp cancel" in line
         assert snapshot(results) == before
-        assert slow().status == "running" and registry.pid_alive(pid)
+        assert slow().status == "running" and pid_alive(pid)
     finally:
         cancel = cli("cancel", "--all", "--results-root", results)
         assert cancel.exit_code == 0, cancel.output

@@ -14,9 +14,11 @@ import yaml
 from fixtures.toy.helpers import cli, make_toy_data, toy_args, toy_importable, wait_for
 
 from aqr_exp import registry
+from aqr_exp.errors import AqrError
+from aqr_exp.launch import local
 from aqr_exp.launch.base import TrainJob
+from aqr_exp.launch.lifecycle import failure_reason
 from aqr_exp.launch.local import LocalHandle, LocalLauncher, free_port
-from aqr_exp.launch.outcome import failure_reason
 
 
 @pytest.fixture(autouse=True)
@@ -134,7 +136,7 @@ def test_cancel_stops_a_detached_run(tmp_path: Path) -> None:
     wait_for(shows_progress, 60, "`status` to show the iteration count")
     result = cli("cancel", record.run_id[:12], "--results-root", tmp_path / "results")
     assert result.exit_code == 0 and f"cancelled {record.run_id}" in result.stdout
-    assert not registry.pid_alive(record.launcher["pid"])
+    assert not local.pid_alive(record.launcher["pid"])
     wait_for(lambda: registry.read(registry.runs_of(tmp_path / "results")[0]).exit_code is not None,
              30, "the pool to record the exit")  # fmt: skip
     final = registry.read(registry.runs_of(tmp_path / "results")[0])
@@ -157,13 +159,35 @@ def test_gpu_slots_ports_and_torchrun(tmp_path: Path) -> None:
     command, env = cpu._command(handle)
     assert env["CUDA_VISIBLE_DEVICES"] == "" and env["OMP_NUM_THREADS"] == "1"
     assert command[1:3] == ["-m", "aqr_exp.train"]
-    taken = {free_port(set()) for _ in range(5)}
-    assert free_port(taken) not in taken
+
+
+def test_free_port_is_bindable_and_never_one_the_pool_holds() -> None:
+    # `taken` holds every port but those divisible by 7: free_port must keep asking the OS
+    # until it gets one of those (a free_port ignoring `taken` returns a taken port with
+    # probability 6/7 each call). Each port is then bound and held, which fails if it was
+    # in use, or if a later call hands out a port that is still held.
+    allowed = set(range(7, 65536, 7))
+    taken = set(range(1, 65536)) - allowed
+    held: list[socket.socket] = []
+    try:
+        for _ in range(20):
+            port = free_port(taken)
+            assert port in allowed
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(sock)
+            sock.bind(("127.0.0.1", port))  # OSError: the port was in use
+            taken.add(port)
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def test_too_many_gpus_per_run_is_a_clear_error() -> None:
-    with pytest.raises(Exception, match="2 GPU\\(s\\) per run requested, 1 visible"):
+    with pytest.raises(AqrError) as error:
         LocalLauncher(gpus_per_run=2, gpu_ids=["0"])
+    assert str(error.value) == (
+        "2 GPU(s) per run requested, 1 visible (set --gpus-per-run 0 to train on the CPU)"
+    )
 
 
 def test_failure_reason_prefers_the_exception_line() -> None:

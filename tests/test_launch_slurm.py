@@ -18,9 +18,16 @@ from fixtures.toy.helpers import cli, nothing_written, toy_args, toy_importable,
 
 from aqr_exp import registry
 from aqr_exp.errors import AqrError
-from aqr_exp.launch import slurmctl
+from aqr_exp.launch import backends, slurmctl
 from aqr_exp.launch.base import TrainJob
-from aqr_exp.launch.slurm import JOB_ENTRY, array_script, directives, log_pattern, run_script
+from aqr_exp.launch.slurm import (
+    JOB_ENTRY,
+    array_script,
+    directives,
+    log_pattern,
+    run_script,
+    slurm_view,
+)
 from aqr_exp.launch.slurm_job import slurm_job_id, training_command, training_env
 from aqr_exp.spec import SlurmSettings
 
@@ -142,7 +149,7 @@ def _job(state: str, reason: str = "None") -> slurmctl.SlurmJob:
 
 def test_slurm_view_of_requeued_gone_and_failed_jobs() -> None:
     launcher = {"type": "slurm", "job_id": "7_1", "slurm_log": "/w/7_1.out"}
-    view = registry.slurm_view
+    view = slurm_view
     status, reason = view("interrupted", "stopped", launcher, _job("PENDING", "BeginTime"))
     assert status == "queued" and "requeued by Slurm (job 7_1 PENDING (BeginTime))" in reason
     assert view("running", None, launcher, _job("PENDING"))[0] == "queued"
@@ -332,7 +339,7 @@ def test_smoke_sweep_on_slurm_completes_and_is_collected(
         "--launcher", "slurm", "--cpus-per-task", "1",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "Submitted 2 run(s) to Slurm" in result.stdout
+    assert "Submitted 2 run(s) to slurm" in result.stdout
     records = _records(results)
     assert len(records) == 2 and {r.status for r in records} <= {"queued", "running", "planned"}
     array_ids = {r.launcher["job_id"].split("_")[0] for r in records}
@@ -341,7 +348,7 @@ def test_smoke_sweep_on_slurm_completes_and_is_collected(
         assert (run_dir / "slurm.sbatch").read_text().startswith("#!/usr/bin/env bash")
 
     def finished() -> bool:
-        states = {registry.reconcile(d).status for d in registry.runs_of(results)}
+        states = {backends.reconcile(d).status for d in registry.runs_of(results)}
         assert not states & {"failed", "interrupted", "cancelled"}, _debug(results)
         return states == {"done"}
 

@@ -29,7 +29,7 @@ def _load(name: str) -> Config:
 def test_every_config_builds_its_model(name: str) -> None:
     cfg = _load(name)
     model = MODELS.build(cfg.model)
-    assert type(model).__name__ == "CmtDetector"
+    assert type(model).__name__ == "AqrCmtDetector"
     assert cfg.custom_imports["imports"] == ["cmt_aqr"]
 
 

@@ -19,7 +19,7 @@ from aqr_exp.paths import PLUGIN_CONFIGS
 from cmt_aqr.denoising import build_denoising
 from cmt_aqr.detector import spconv2_to_model_layout
 from cmt_aqr.grid_mask import GridMask, grid_keep_mask
-from cmt_aqr.head import CmtHead, LayerOutputs, SceneContext
+from cmt_aqr.head import AqrCmtHead, LayerOutputs, SceneContext
 from cmt_aqr.positional import sine_embedding, sine_frequencies
 from cmt_aqr.task_head import SeparateTaskHead
 
@@ -161,7 +161,7 @@ def test_sparse_kernels_are_permuted_only_when_the_layouts_differ() -> None:
 # ---------------------------------------------------------------- head units
 
 
-def small_head(**overrides) -> CmtHead:
+def small_head(**overrides) -> AqrCmtHead:
     init_default_scope("mmdet3d")
     kwargs = dict(
         in_channels=16,
@@ -170,7 +170,7 @@ def small_head(**overrides) -> CmtHead:
         num_query=20,
         depth_num=8,
         transformer=dict(
-            type="CmtTransformer",
+            type="AqrCmtTransformer",
             decoder=dict(
                 type="CmtTransformerDecoder",
                 num_layers=3,
@@ -184,7 +184,7 @@ def small_head(**overrides) -> CmtHead:
         dn_groups=3,
     )
     kwargs.update(overrides)
-    head = CmtHead(**kwargs)
+    head = AqrCmtHead(**kwargs)
     head.init_weights()
     return head.eval()
 

@@ -12,7 +12,8 @@ from mmdet3d.structures import LiDARInstance3DBoxes
 from cmt_aqr.assigner import CmtHungarianAssigner3D
 from cmt_aqr.box_coder import CmtBBoxCoder, decode_codes, encode_boxes
 from cmt_aqr.denoising import build_denoising, dn_attention_mask
-from cmt_aqr.head import CmtHead, SceneContext
+from cmt_aqr.head import AqrCmtHead, SceneContext
+from cmt_aqr.positional import lift_pixels, ray_depths, sine_embedding
 from cmt_aqr.transforms import CmtComposeLidar2Img, CmtGlobalRotScaleTrans, CmtImageAug
 
 
@@ -124,15 +125,15 @@ def _scene(batch: int = 1) -> SceneContext:
     return SceneContext(lidar2img=lidar2img, image_size=(64, 128), bev_size=(8, 8), cam_size=(4, 8))
 
 
-def _small_head() -> CmtHead:
-    head = CmtHead(
+def _small_head() -> AqrCmtHead:
+    head = AqrCmtHead(
         in_channels=16,
         point_cloud_range=[-20.0, -20.0, -5.0, 20.0, 20.0, 3.0],
         embed_dims=32,
         num_query=10,
         depth_num=8,
         transformer=dict(
-            type="CmtTransformer",
+            type="AqrCmtTransformer",
             decoder=dict(
                 type="CmtTransformerDecoder", num_layers=2, embed_dims=32, num_heads=4, ffn_dims=64
             ),
@@ -142,16 +143,84 @@ def _small_head() -> CmtHead:
     return head
 
 
-def test_query_position_embedding_is_finite_with_the_right_shape() -> None:
+def _cmt_pos2embed(x: float, y: float, num_feats: int) -> list[float]:
+    """CMT's pos2embed for one point, feature by feature: feature i of an axis is
+    sin (i even) or cos (i odd) of 2π·coord / (1 + 2 (i // 2) / num_feats); y first."""
+
+    def axis(coord: float) -> list[float]:
+        return [
+            (math.sin if i % 2 == 0 else math.cos)(
+                2 * math.pi * coord / (1 + 2 * (i // 2) / num_feats)
+            )
+            for i in range(num_feats)
+        ]
+
+    return axis(y) + axis(x)
+
+
+def _cmt_rv_input(
+    point: np.ndarray, lidar2img: np.ndarray, image_hw: tuple[int, int], pc_range: np.ndarray,
+    depth_num: int,
+) -> np.ndarray | None:  # fmt: skip
+    """CMT's _rv_query_embed for one normalized point and one camera, in float64: None
+    where the camera does not see it, else its pixel lifted to CMT's depth bins and
+    normalized by the range, flattened (depth, xyz)."""
+    lo, hi = pc_range[:3], pc_range[3:]
+    cam = lidar2img @ np.append(point * (hi - lo) + lo, 1.0)
+    if cam[2] <= 0:
+        return None
+    u, v = cam[0] / cam[2], cam[1] / cam[2]
+    if not (0 <= u < image_hw[1] and 0 <= v < image_hw[0]):
+        return None
+    depths = 1 + np.arange(depth_num) * (pc_range[3] - 1) / depth_num
+    back = [(np.linalg.inv(lidar2img) @ np.array([u * d, v * d, d, 1.0]))[:3] for d in depths]
+    return ((np.array(back) - lo) / (hi - lo)).reshape(-1)
+
+
+def test_query_position_embedding_follows_cmts_formulas() -> None:
+    """bev_embedding(sine(x, y)) plus rv_embedding(pixel lifted along its ray) summed over
+    the cameras that see the point, checked against a float64 re-computation of CMT's
+    pos2embed / _rv_query_embed."""
+    torch.manual_seed(0)
     head = _small_head()
     ref = torch.rand(2, 10, 3)
     ref[0, 0] = torch.tensor([0.5, 0.5, 0.5])  # at the sensor: visible in no camera
+    ref[0, 1] = torch.tensor([0.7625, 0.55, 0.5])  # (10.5, 2, -1) m: front camera, 10.5 m deep
+    ref[0, 2] = torch.tensor([0.2, 0.45, 0.6])  # (-12, -2, -0.2) m: back camera
     scene = _scene(batch=2)
     pixels, visible = head.project_to_images(ref, scene)
-    assert not visible[0, :, 0].any()
-    pos = head.query_positions(ref, scene, pixels, visible)
-    assert pos.shape == (2, 10, 32)
-    assert torch.isfinite(pos).all()
+    with torch.no_grad():
+        pos = head.query_positions(ref, scene, pixels, visible)
+
+    pc_range = head.pc_range.double().numpy()
+    mats = scene.lidar2img.double().numpy()
+    for b in range(2):
+        for q in range(10):
+            point = ref[b, q].double().numpy()
+            sine = torch.tensor([_cmt_pos2embed(point[0], point[1], 32)])
+            rv_inputs = [
+                _cmt_rv_input(point, mats[b, v], scene.image_size, pc_range, head.depth_num)
+                for v in range(2)
+            ]
+            assert visible[b, :, q].tolist() == [x is not None for x in rv_inputs]
+            with torch.no_grad():
+                expected = head.bev_embedding(sine.float())[0]
+                for rv_input in rv_inputs:
+                    if rv_input is not None:
+                        expected += head.rv_embedding(torch.tensor(rv_input).float())
+            assert torch.allclose(pos[b, q], expected, atol=1e-4), (b, q)
+
+    assert visible[0, :, 1].tolist() == [True, False]
+    assert visible[0, :, 2].tolist() == [False, True]
+    # The lifted ray passes through the point: depth bin 4 of 8 is 1 + 4 · 19/8 = 10.5 m.
+    depths = ray_depths(head.depth_num, 20.0, ref.device)
+    img2lidar = torch.linalg.inv(scene.lidar2img)
+    lifted = lift_pixels(pixels, depths, img2lidar, head.pc_range)[0, 0, 1].view(-1, 3)
+    assert torch.allclose(lifted[4], ref[0, 1], atol=1e-5)
+    # The camera term is not negligible: the seen point differs from its BEV part alone.
+    with torch.no_grad():
+        bev_only = head.bev_embedding(sine_embedding(ref[0, 1], 32))
+    assert not torch.allclose(pos[0, 1], bev_only, atol=1e-2)
 
 
 def test_projection_picks_the_camera_that_sees_the_point() -> None:

@@ -13,7 +13,8 @@ import pytest
 import yaml
 from fixtures.toy.helpers import TOY_SPEC, make_toy_data
 
-from aqr_exp import registry
+from aqr_exp import execute, registry
+from aqr_exp.launch import backends
 from aqr_exp.plan import Plan, Target, plan_sweep, resolve_sweep
 from aqr_exp.spec import load_spec
 
@@ -29,7 +30,7 @@ def plan(tmp_path: Path) -> Plan:
 
 def test_prepare_writes_config_and_run_yaml(plan: Plan) -> None:
     run = plan.runs[1]
-    job = registry.prepare(plan, run, fresh=False)
+    job = execute.prepare(plan, run, fresh=False)
     assert job.config_path.read_text().startswith("custom_imports")
     record = yaml.safe_load((run.run_dir / "run.yaml").read_text())
     assert list(record) == [f.name for f in dataclasses.fields(registry.RunRecord)]
@@ -42,7 +43,7 @@ def test_prepare_writes_config_and_run_yaml(plan: Plan) -> None:
 
 
 def test_state_machine_allows_only_forward_moves(plan: Plan) -> None:
-    run_dir = registry.prepare(plan, plan.runs[0], fresh=False).run_dir
+    run_dir = execute.prepare(plan, plan.runs[0], fresh=False).run_dir
     for status in ("queued", "running", "done"):
         registry.transition(run_dir, status)
     with pytest.raises(registry.TransitionError, match="done → running"):
@@ -57,7 +58,7 @@ def _finished_pid() -> int:
 
 
 def test_a_running_run_whose_process_is_gone_is_interrupted(plan: Plan) -> None:
-    run_dir = registry.prepare(plan, plan.runs[0], fresh=False).run_dir
+    run_dir = execute.prepare(plan, plan.runs[0], fresh=False).run_dir
     registry.transition(run_dir, "queued")
     launcher = {
         "type": "local",
@@ -66,29 +67,29 @@ def test_a_running_run_whose_process_is_gone_is_interrupted(plan: Plan) -> None:
         "job_id": None,
     }
     registry.transition(run_dir, "running", launcher=launcher)
-    assert registry.observe(registry.read(run_dir))[0] == "interrupted"
+    assert backends.observe(registry.read(run_dir))[0] == "interrupted"
     assert registry.read(run_dir).status == "running"  # observing writes nothing
-    record = registry.reconcile(run_dir)
+    record = backends.reconcile(run_dir)
     assert record.status == "interrupted" and "is gone" in record.reason
     assert registry.read(run_dir).status == "interrupted"
 
 
 def test_a_live_process_stays_running(plan: Plan) -> None:
-    run_dir = registry.prepare(plan, plan.runs[0], fresh=False).run_dir
+    run_dir = execute.prepare(plan, plan.runs[0], fresh=False).run_dir
     registry.transition(run_dir, "queued")
     launcher = {"type": "local", "host": socket.gethostname(), "pid": os.getpid(), "job_id": None}
     registry.transition(run_dir, "running", launcher=launcher)
-    assert registry.reconcile(run_dir).status == "running"
+    assert backends.reconcile(run_dir).status == "running"
 
 
 def _actions(plan: Plan, **flags: bool) -> list[str]:
-    return [step.action for step in registry.decide(plan, **flags)]
+    return [step.action for step in execute.decide(plan, **flags)]
 
 
 def test_decide_skips_done_resumes_interrupted_and_retries_failed_on_request(plan: Plan) -> None:
     done, failed, interrupted = plan.runs
     for run, final in ((done, "done"), (failed, "failed"), (interrupted, "interrupted")):
-        run_dir = registry.prepare(plan, run, fresh=False).run_dir
+        run_dir = execute.prepare(plan, run, fresh=False).run_dir
         registry.transition(run_dir, "queued")
         registry.transition(run_dir, "running")
         registry.transition(run_dir, final, reason="exit 1" if final == "failed" else None)
@@ -97,12 +98,12 @@ def test_decide_skips_done_resumes_interrupted_and_retries_failed_on_request(pla
     assert _actions(plan) == ["skip", "skip", "resume"]
     assert _actions(plan, retry_failed=True) == ["skip", "start", "resume"]
     assert _actions(plan, force=True) == ["rerun", "rerun", "rerun"]
-    assert "--retry-failed" in registry.decide(plan)[1].note
+    assert "--retry-failed" in execute.decide(plan)[1].note
 
 
 def test_force_deletes_the_work_dir(plan: Plan) -> None:
     run = plan.runs[0]
     run.work_dir.mkdir(parents=True)
     (run.work_dir / "epoch_1.pth").write_text("old")
-    registry.prepare(plan, run, fresh=True)
+    execute.prepare(plan, run, fresh=True)
     assert not run.work_dir.exists()

@@ -15,9 +15,10 @@ from markdown_tables import markdown_tables
 from typer.testing import CliRunner
 
 from aqr_exp.cli.main import app
+from aqr_exp.cli.results import OutputFormat
 from aqr_exp.errors import AqrError
 from aqr_exp.results.compare import compare, select_runs
-from aqr_exp.results.render import render, tables
+from aqr_exp.results.render import FORMATS, render, tables
 
 NAN = math.nan
 STUDY = "handmade"
@@ -191,6 +192,15 @@ def test_csv_carries_the_tidy_numbers(root: Path) -> None:
     assert row["n"] == 3
 
 
+def test_an_unknown_format_is_an_error_naming_the_formats(root: Path) -> None:
+    comparison = compare(select_runs(root, STUDY)[1])
+    with pytest.raises(AqrError) as error:
+        render(comparison, "html")
+    assert str(error.value) == "unknown output format 'html': choose one of table, markdown, csv"
+    # the CLI's --format choices are exactly the formats render knows
+    assert [f.value for f in OutputFormat] == list(FORMATS)
+
+
 def test_by_param_groups_runs_by_an_override(tmp_path: Path) -> None:
     key = "model.pts_bbox_head.aqr.window_size"
     write_run(tmp_path, "base", "baseline", 0, {"mAP": 0.5, "NDS": 0.6})
@@ -226,6 +236,7 @@ def test_cli_compare_unknown_study_exits_2(root: Path) -> None:
     assert "no study 'nope'" in result.output
 
 
-def test_no_runs_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(AqrError):
+def test_no_runs_is_an_error() -> None:
+    with pytest.raises(AqrError) as error:
         compare([])
+    assert str(error.value) == "no runs to compare"

@@ -31,9 +31,9 @@ MAP = {
     ("aqr-new", 10): (0.62, 0.62),
 }
 CONFIG = """model = dict(
-    type='CmtDetector',
+    type='AqrCmtDetector',
     pts_bbox_head=dict(
-        type='CmtHead',
+        type='AqrCmtHead',
         aqr={aqr},
     ),
 )

@@ -14,7 +14,7 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 
-from aqr_exp import configs, paths, registry
+from aqr_exp import configs, execute, paths, registry
 from aqr_exp.errors import AqrError
 from aqr_exp.plan import Target, plan_sweep, plan_variants, resolve_sweep
 from aqr_exp.spec import load_spec
@@ -68,11 +68,11 @@ def test_a_sweep_of_a_warm_started_variant_shares_one_parent_per_seed(tmp_path: 
 def test_children_wait_until_their_parent_is_done(tmp_path: Path) -> None:
     spec = load_spec(_spec(tmp_path, new_aqr="baseline"))
     plan = plan_variants(spec, ["new_aqr"], _target(tmp_path))
-    steps = registry.decide(plan)
+    steps = execute.decide(plan)
     assert [step.action for step in steps] == ["start", "wait"]
     assert plan.runs[0].run_id in steps[1].note
     with pytest.raises(AqrError, match=r"final checkpoint .* is missing"):
-        registry.prepare(plan, plan.runs[1], fresh=False)
+        execute.prepare(plan, plan.runs[1], fresh=False)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,8 @@
 """`aqr-exp collect | import-log | compare | report`: turn runs into answers.
 
-Bad input raises AqrError, which the app turns into one message and exit status 2."""
+Bad input raises AqrError, which the app turns into one message and exit status 2.
+The results modules (pandas, matplotlib: a second to import) are imported by the
+commands that use them, so `aqr-exp --help` and `status` stay quick."""
 
 from __future__ import annotations
 
@@ -10,13 +12,7 @@ from pathlib import Path
 import typer
 
 from aqr_exp import paths
-from aqr_exp.results.collect import collect as collect_runs
-from aqr_exp.results.compare import BootstrapSettings, select_runs
-from aqr_exp.results.compare import compare as compare_runs
-from aqr_exp.results.legacy_log import import_log as import_legacy_log
-from aqr_exp.results.render import render
-from aqr_exp.results.report import write_report
-from aqr_exp.results.runs import read_metrics
+from aqr_exp.registry import read_metrics
 
 RESULTS_ROOT = typer.Option(
     ...,
@@ -38,6 +34,8 @@ def collect(study: str | None = STUDY, results_root: Path = RESULTS_ROOT) -> Non
     """Write each run's metrics.json from its mmengine work dir.
 
     All studies without --study. Exits 2 when a run's logs cannot be read."""
+    from aqr_exp.results.collect import collect as collect_runs
+
     outcomes = collect_runs(results_root, study)
     for outcome in outcomes:
         run = f"{outcome.run_dir.parent.parent.name}/{outcome.run_dir.name}"
@@ -60,6 +58,8 @@ def import_log(
     """Import an mmdet3d 1.0 text log as a finished run, to join comparisons.
 
     Creates <study>/runs/<name>/ with run.yaml (status done) and metrics.json."""
+    from aqr_exp.results.legacy_log import import_log as import_legacy_log
+
     run_dir = import_legacy_log(file, name, study, results_root, variant, seed, force)
     metrics = read_metrics(run_dir)
     where = metrics["source"]["metrics"]
@@ -100,6 +100,10 @@ def compare(
     Each Δ gets a 95% interval from a paired bootstrap of the validation scenes and a
     verdict (better / worse / within noise); also per-class AP, cost, and warnings
     where the evidence is thin."""
+    from aqr_exp.results.compare import BootstrapSettings, select_runs
+    from aqr_exp.results.compare import compare as compare_runs
+    from aqr_exp.results.render import render
+
     settings = BootstrapSettings(resamples=resamples, unit=bootstrap_unit, seed=bootstrap_seed)
     study, results, notes = select_runs(results_root, study, runs or [])
     comparison = compare_runs(results, by=by, study=study, notes=notes, bootstrap=settings)
@@ -130,6 +134,9 @@ def report(
 
     Tables, figures, config diffs against the baseline, and provenance; with --viz
     also the AQR windows and modality weights of the best AQR run."""
+    from aqr_exp.results.compare import BootstrapSettings
+    from aqr_exp.results.report import write_report
+
     settings = BootstrapSettings(resamples=resamples, unit=bootstrap_unit, seed=bootstrap_seed)
     extra = []
     if viz:

@@ -1,15 +1,17 @@
 """`aqr-exp variants | plan | run | sweep | status | cancel | train`: run experiments.
 
-Thin: parse options, call spec → plan → registry → launch, print. Every
+Thin: parse options, call spec → plan → execute, print. Every
 command that would start trainings takes `--dry-run`, which prints the plan
 (the runs and their config diffs against the baseline) and writes nothing.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Iterator, Sequence
+import functools
+import inspect
+import typing
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,12 +19,10 @@ from typing import Any
 import typer
 from tabulate import tabulate
 
-from aqr_exp import configs, paths, records, registry, trackers
+from aqr_exp import configs, execute, paths, records, registry, trackers
 from aqr_exp.errors import AqrError
-from aqr_exp.launch import slurmctl
-from aqr_exp.launch.backends import cancel_run, check_backend, make_launcher
-from aqr_exp.launch.base import FINAL_STATES, LOG_NAME, RunHandle, TrainJob, run_all
-from aqr_exp.launch.local import LocalLauncher, spawn_detached
+from aqr_exp.launch import backends
+from aqr_exp.launch.base import FINAL_STATES, LOG_NAME, RunHandle
 from aqr_exp.plan import (
     Plan,
     Target,
@@ -32,17 +32,10 @@ from aqr_exp.plan import (
     resolve_sweep,
 )
 from aqr_exp.progress import Progress, read_progress
-from aqr_exp.results.collect import collect
-from aqr_exp.results.compare import BootstrapSettings, compare, select_runs
-from aqr_exp.results.render import render
-from aqr_exp.results.report import write_report
 from aqr_exp.spec import (
-    LauncherSettings,
-    SlurmSettings,
     Spec,
     load_spec,
     seeds_problem,
-    slurm_problem,
 )
 
 SPEC = typer.Option(
@@ -145,14 +138,82 @@ STUDY = typer.Option(
 
 
 @dataclasses.dataclass(frozen=True)
-class _Launch:
-    """How to start a plan (the launcher options of `run` and `sweep`)."""
+class _StartOptions:
+    """The options `run` and `sweep` share, declared once (see `_start_command`)."""
 
-    settings: LauncherSettings
+    spec: Path
+    profile: str | None
+    data_root: Path | None
+    seeds: str | None
+    tracker: list[str]
+    launcher: str | None
+    jobs: int | None
+    gpus_per_run: int | None
+    partition: str | None
+    nodes: int | None
+    gpus_per_node: int | None
+    cpus_per_task: int | None
+    mem: str | None
+    time: str | None
+    account: str | None
+    qos: str | None
+    sbatch_arg: list[str]
     dry_run: bool
     detach: bool
     force: bool
     retry_failed: bool
+    results_root: Path
+    work_root: Path
+
+    def resolve(self) -> tuple[Spec, execute.Launch, Target]:
+        """The spec, how to start its runs, and where they go."""
+        loaded = load_spec(self.spec)
+        slurm = _slurm_options(
+            self.partition, self.nodes, self.gpus_per_node, self.cpus_per_task, self.mem,
+            self.time, self.account, self.qos, self.sbatch_arg,
+        )  # fmt: skip
+        settings = execute.launch_settings(
+            loaded, self.launcher, self.jobs, self.gpus_per_run, slurm, self.detach
+        )
+        how = execute.Launch(settings, self.dry_run, self.detach, self.force, self.retry_failed)
+        target = _target(
+            self.results_root, self.work_root, self.profile, self.data_root, self.seeds,
+            self.tracker,
+        )  # fmt: skip
+        return loaded, how, target
+
+
+_START_DEFAULTS = {
+    "spec": SPEC, "profile": PROFILE, "data_root": DATA_ROOT, "seeds": SEEDS,
+    "tracker": TRACKER, "launcher": LAUNCHER, "jobs": JOBS, "gpus_per_run": GPUS,
+    "partition": PARTITION, "nodes": NODES, "gpus_per_node": GPUS_PER_NODE,
+    "cpus_per_task": CPUS_PER_TASK, "mem": MEM, "time": TIME, "account": ACCOUNT,
+    "qos": QOS, "sbatch_arg": SBATCH_ARG, "dry_run": DRY_RUN, "detach": DETACH,
+    "force": FORCE, "retry_failed": RETRY, "results_root": RESULTS_ROOT, "work_root": WORK,
+}  # fmt: skip
+
+
+def _start_command(command: Callable[..., None]) -> Callable[..., None]:
+    """A command that starts runs: its own parameters, then the shared options (typer
+    reads the signature), handed to it as one `opts`."""
+    own = inspect.signature(command, eval_str=True).parameters
+    kinds = typing.get_type_hints(_StartOptions)
+    shared = [
+        inspect.Parameter(
+            name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kinds[name]
+        )
+        for name, option in _START_DEFAULTS.items()
+    ]
+
+    @functools.wraps(command)
+    def with_options(**given: Any) -> None:
+        opts = _StartOptions(**{name: given.pop(name) for name in _START_DEFAULTS})
+        command(**given, opts=opts)
+
+    params = [p for name, p in own.items() if name != "opts"]
+    with_options.__signature__ = inspect.Signature([*params, *shared])  # type: ignore[attr-defined]
+    with_options.__annotations__ = {p.name: p.annotation for p in [*params, *shared]}
+    return with_options
 
 
 def _seeds(text: str | None) -> tuple[int, ...] | None:
@@ -215,64 +276,6 @@ def _slurm_options(
     return {field: value for field, value in options.items() if value is not None}
 
 
-def _slurm_flag(field: str) -> str:
-    return "--sbatch-arg" if field == "extra_args" else f"--{field.replace('_', '-')}"
-
-
-def _slurm_settings(
-    base: SlurmSettings, options: dict[str, Any], jobs: int | None, spec_path: Path
-) -> SlurmSettings:
-    """The spec's Slurm settings with the command line's (given) options on top, checked."""
-    given = dict(options)
-    if "extra_args" in given:
-        given["extra_args"] = (*base.extra_args, *given["extra_args"])
-    settings = dataclasses.replace(base, **given, max_running=jobs or base.max_running)
-    problem = slurm_problem(settings)
-    if problem is not None:
-        field, message = problem
-        origin = "" if field in given else f" (launcher.slurm.{field} of {spec_path.name})"
-        raise AqrError(f"{_slurm_flag(field)}{origin}: {message}")
-    return settings
-
-
-def _launch(
-    spec: Spec,
-    launcher: str | None,
-    jobs: int | None,
-    gpus: int | None,
-    slurm_options: dict[str, Any],
-    dry_run: bool,
-    detach: bool,
-    force: bool,
-    retry: bool,
-) -> _Launch:
-    base = spec.launcher
-    kind = check_backend(launcher or base.type)
-    if jobs is not None and jobs < 1:
-        raise AqrError(f"--jobs must be at least 1, got {jobs}")
-    if gpus is not None and gpus < 0:
-        raise AqrError(f"--gpus-per-run must be 0 or more, got {gpus}")
-    if kind == "slurm" and gpus is not None:
-        raise AqrError("--gpus-per-run is for the local launchers; with slurm use --gpus-per-node")
-    if kind != "slurm" and slurm_options:
-        raise AqrError(
-            f"{_slurm_flag(next(iter(slurm_options)))} is a Slurm option: add --launcher slurm "
-            f"(the launcher is {kind})"
-        )
-    settings = LauncherSettings(
-        type=kind,
-        max_concurrent=jobs or base.max_concurrent,
-        gpus_per_run=base.gpus_per_run if gpus is None else gpus,
-        slurm=_slurm_settings(base.slurm, slurm_options, jobs, spec.path)
-        if kind == "slurm"
-        else base.slurm,
-    )
-    return _Launch(settings, dry_run, detach, force, retry)
-
-
-# ---------------------------------------------------------------- printing
-
-
 def _short(value: Any, width: int = 70) -> str:
     text = repr(value)
     return text if len(text) <= width else text[: width - 1] + "…"
@@ -288,7 +291,7 @@ def _diff_lines(plan: Plan, cfg: Any) -> list[str]:
     return [f"    {key}: {_short(old)} → {_short(new)}" for key, old, new in diff]
 
 
-def _print_plan(plan: Plan, steps: Sequence[registry.Step], launcher: str | None) -> None:
+def _print_plan(plan: Plan, steps: Sequence[execute.Step], launcher: str | None) -> None:
     typer.echo(f"Plan: {plan.title}")
     typer.echo(f"  study     {plan.study}  (spec {plan.spec.path}, profile {plan.profile.name})")
     data_note = "  (absent: generated first)" if plan.generate_data else ""
@@ -368,10 +371,11 @@ class _View:
         )
         self.seen: dict[str, str] = {}
 
-    def __enter__(self) -> _View:
+    def __enter__(self) -> execute.Tick:
+        typer.echo("")
         if self.live is not None:
             self.live.__enter__()
-        return self
+        return self.tick
 
     def __exit__(self, *exc: object) -> None:
         if self.live is not None:
@@ -393,66 +397,21 @@ class _View:
                 typer.echo(f"{datetime.now():%H:%M:%S} {handle.job.run_id}: {state}")
 
 
-def _print_outcome(plan: Plan) -> bool:
-    """A table of the plan's runs as the registry has them; True when all are done."""
-    rows, all_done = [], True
-    for run in plan.runs:
-        record = registry.read(run.run_dir)
-        status = record.status if record else "not started"
-        all_done &= status == "done"
-        reason = (record.reason or "") if record else ""
-        rows.append([run.run_id, status, reason])
-    typer.echo("")
-    typer.echo(tabulate(rows, headers=["run id", "status", "reason"]))
-    return all_done
-
-
-def _generate_data(plan: Plan) -> None:
-    from aqr_exp.data.synth import SynthSpec, generate
-
-    typer.echo(f"Generating the synthetic data set at {plan.data_root} (once) …")
-    summary = generate(SynthSpec(**(plan.profile.synth or {})), plan.data_root, force=False)
-    typer.echo(f"  {sum(summary.samples.values())} samples in {summary.seconds:.0f} s")
-
-
-def _report(plan: Plan, by: str | None) -> None:
-    """Collect the finished runs' metrics, print the comparison, write the report."""
-    results_root = plan.study_dir.parent
-    ours = {run.run_id for run in plan.runs}
-    collected = []
-    for outcome in collect(results_root, plan.study):
-        if outcome.run_dir.name not in ours:
-            continue
-        if outcome.state == "collected":
-            collected.append(outcome.run_dir.name)
-        else:
-            typer.echo(f"collect {outcome.run_dir.name}: {outcome.state}: {outcome.detail}")
-    if not collected:
-        typer.echo("\nNo metrics to compare yet.")
-        return
-    study, results, notes = select_runs(results_root, plan.study, collected)
-    typer.echo("")
-    settings = BootstrapSettings()
-    comparison = compare(results, by=by, study=study, notes=notes, bootstrap=settings)
-    typer.echo(render(comparison, "table"), nl=False)
-    typer.echo(f"\nReport: {write_report(results_root, plan.study, by, bootstrap=settings)}")
-
-
 def _print_scripts(scripts: dict[Path, str]) -> None:
     for path, text in scripts.items():
         typer.echo(f"\n--- {path}")
         typer.echo(text, nl=False)
 
 
-def _submitted(plan: Plan, handles: Sequence[RunHandle]) -> None:
+def _submitted(plan: Plan, handles: Sequence[RunHandle], scheduler: str) -> None:
     """What went to the scheduler, and how to follow it."""
     rows = []
     for handle in handles:
         record = registry.read(handle.job.run_dir)
         launcher = (record.launcher if record else None) or {}
         rows.append([handle.job.run_id, launcher.get("job_id"), launcher.get("script")])
-    typer.echo(f"\nSubmitted {len(handles)} run(s) to Slurm:\n")
-    typer.echo(tabulate(rows, headers=["run id", "slurm job", "script"]))
+    typer.echo(f"\nSubmitted {len(handles)} run(s) to {scheduler}:\n")
+    typer.echo(tabulate(rows, headers=["run id", f"{scheduler} job", "script"]))
     root = plan.study_dir.parent
     typer.echo(
         f"\nFollow with: aqr-exp status --study {plan.study} --results-root {root}\n"
@@ -460,7 +419,7 @@ def _submitted(plan: Plan, handles: Sequence[RunHandle]) -> None:
     )
 
 
-def _waiting_note(steps: Sequence[registry.Step]) -> None:
+def _waiting_note(steps: Sequence[execute.Step]) -> None:
     waiting = [step for step in steps if step.action == "wait"]
     if waiting:
         typer.echo(
@@ -470,85 +429,50 @@ def _waiting_note(steps: Sequence[registry.Step]) -> None:
         )
 
 
-def _refuse_taken(plan: Plan, steps: Sequence[registry.Step]) -> None:
-    """Start nothing when a run of the plan has a corrupt run.yaml (it would be
-    overwritten) or another live process holds one: one line says which."""
-    problems = [step.problem for step in steps if step.problem is not None]
-    if problems:
-        raise AqrError(
-            f"{len(problems)} run(s) of this plan cannot start, nothing was started: "
-            + " | ".join(str(problem) for problem in problems)
-        )
-    taken = registry.held(step.run for step in steps if step.action == "skip")
-    if taken:
-        raise registry.RunHeld(taken)
-
-
-@contextlib.contextmanager
-def _name_all_held(plan: Plan) -> Iterator[None]:
-    """Another process took a run between `decide` and its claim (both started at once):
-    the error names every run of the plan it holds, not only the first one met."""
-    try:
-        yield
-    except registry.RunHeld as err:
-        raise registry.RunHeld(registry.held(plan.runs) or err.held) from None
-
-
-def _prepare(plan: Plan, steps: Sequence[registry.Step]) -> list[TrainJob]:
-    with _name_all_held(plan):
-        return [registry.prepare(plan, step.run, fresh=step.action == "rerun") for step in steps]
-
-
-def _execute(plan: Plan, how: _Launch, by: str | None = None) -> None:
-    steps = registry.decide(plan, force=how.force, retry_failed=how.retry_failed)
-    if not how.dry_run:
-        _refuse_taken(plan, steps)
-    launcher = make_launcher(how.settings, plan.study, dry_run=how.dry_run)
-    _print_plan(plan, steps, launcher.describe())
-    todo = [step for step in steps if step.action not in ("skip", "blocked")]
-    # Built before anything is written: a path sbatch cannot take fails here, cleanly.
-    scripts = launcher.scripts([registry.job_for(step.run) for step in todo])
+def _execute(plan: Plan, how: execute.Launch, by: str | None = None) -> None:
+    prepared = execute.prepare_plan(plan, how)
+    _print_plan(plan, prepared.steps, prepared.launcher.describe())
     if how.dry_run:
-        _print_scripts(scripts)
+        _print_scripts(prepared.scripts)
         typer.echo("\nDry run: nothing was started or written.")
         return
-    if todo and plan.generate_data:
-        _generate_data(plan)
-    ready = [step for step in todo if step.action != "wait"]
-    jobs = _prepare(plan, ready)
-    if jobs and not launcher.runs_here:
-        _submitted(plan, launcher.submit_all(jobs))
-        _waiting_note(todo)
+    started = execute.start(prepared, typer.echo)
+    if started.how == "submitted":
+        _submitted(plan, started.handles, how.settings.type)
+        _waiting_note(prepared.waiting)
         return
-    if jobs and how.detach:
-        assert isinstance(launcher, LocalLauncher)
-        pool_log = plan.runs[0].work_dir.parent / f"pool-{datetime.now():%Y%m%d_%H%M%S}.log"
-        pid = spawn_detached(jobs, launcher, pool_log)
+    if started.how == "detached":
         typer.echo(
-            f"\nStarted {len(jobs)} run(s) in the background (pool pid {pid}, log {pool_log})."
+            f"\nStarted {len(started.jobs)} run(s) in the background "
+            f"(pool pid {started.pool_pid}, log {started.pool_log})."
         )
         typer.echo(
             f"Follow with: aqr-exp status --study {plan.study} "
             f"--results-root {plan.study_dir.parent}"
         )
-        _waiting_note(todo)
+        _waiting_note(prepared.waiting)
         return
-    waiting = {step.run.run_id for step in todo if step.action == "wait"}
-    while jobs:
-        typer.echo("")
-        with _View() as view, _name_all_held(plan):
-            run_all(launcher, jobs, on_tick=view.tick)
-        if not waiting:
-            break
-        # Warm starts: the runs whose parents have just finished go next.
-        later = registry.decide(plan, how.force, how.retry_failed, only=waiting)
-        ready = [step for step in later if step.action != "wait"]
-        waiting = {step.run.run_id for step in later if step.action == "wait"}
-        jobs = _prepare(plan, ready)
-    all_done = _print_outcome(plan)
-    _report(plan, by)
-    if not all_done:
+    if started.how == "here":
+        execute.train_here(prepared, started.jobs, _View)
+    rows = execute.outcome(plan)
+    typer.echo("")
+    typer.echo(tabulate(rows, headers=["run id", "status", "reason"]))
+    _print_summary(execute.summarize(plan, by))
+    if any(status != "done" for _, status, _ in rows):
         raise typer.Exit(1)
+
+
+def _print_summary(summary: execute.Summary) -> None:
+    for run_id, state, detail in summary.skipped:
+        typer.echo(f"collect {run_id}: {state}: {detail}")
+    if summary.comparison is None:
+        typer.echo("\nNo metrics to compare yet.")
+        return
+    from aqr_exp.results.render import render
+
+    typer.echo("")
+    typer.echo(render(summary.comparison, "table"), nl=False)
+    typer.echo(f"\nReport: {summary.report}")
 
 
 # ---------------------------------------------------------------- commands
@@ -611,7 +535,7 @@ def plan(
         built = plan_variants(loaded, variant, target)
     else:
         built = plan_study(loaded, target)
-    _print_plan(built, registry.decide(built), None)
+    _print_plan(built, execute.decide(built), None)
 
 
 def _values(text: str | None) -> list[Any] | None:
@@ -622,43 +546,15 @@ def run(
     variant: list[str] = typer.Argument(
         ..., help="Variant name(s) of the spec, e.g. baseline new_aqr."
     ),
-    spec: Path = SPEC,
-    profile: str | None = PROFILE,
-    data_root: Path | None = DATA_ROOT,
-    seeds: str | None = SEEDS,
-    tracker: list[str] = TRACKER,
-    launcher: str | None = LAUNCHER,
-    jobs: int | None = JOBS,
-    gpus_per_run: int | None = GPUS,
-    partition: str | None = PARTITION,
-    nodes: int | None = NODES,
-    gpus_per_node: int | None = GPUS_PER_NODE,
-    cpus_per_task: int | None = CPUS_PER_TASK,
-    mem: str | None = MEM,
-    time: str | None = TIME,
-    account: str | None = ACCOUNT,
-    qos: str | None = QOS,
-    sbatch_arg: list[str] = SBATCH_ARG,
-    dry_run: bool = DRY_RUN,
-    detach: bool = DETACH,
-    force: bool = FORCE,
-    retry_failed: bool = RETRY,
-    results_root: Path = RESULTS_ROOT,
-    work_root: Path = WORK,
+    *,
+    opts: _StartOptions,
 ) -> None:
     """Train variants of the spec, at each seed.
 
     Finished runs are skipped, interrupted ones resumed from their last
     checkpoint, failed ones retried with --retry-failed."""
-    loaded = load_spec(spec)
-    slurm = _slurm_options(
-        partition, nodes, gpus_per_node, cpus_per_task, mem, time, account, qos, sbatch_arg
-    )
-    how = _launch(loaded, launcher, jobs, gpus_per_run, slurm, dry_run, detach, force, retry_failed)
-    built = plan_variants(
-        loaded, variant, _target(results_root, work_root, profile, data_root, seeds, tracker)
-    )
-    _execute(built, how)
+    loaded, how, target = opts.resolve()
+    _execute(plan_variants(loaded, variant, target), how)
 
 
 def sweep(
@@ -675,45 +571,17 @@ def sweep(
         "--variant",
         help="The variant to sweep (default: the sweep's, or the baseline for a key).",
     ),
-    spec: Path = SPEC,
-    profile: str | None = PROFILE,
-    data_root: Path | None = DATA_ROOT,
-    seeds: str | None = SEEDS,
-    tracker: list[str] = TRACKER,
-    launcher: str | None = LAUNCHER,
-    jobs: int | None = JOBS,
-    gpus_per_run: int | None = GPUS,
-    partition: str | None = PARTITION,
-    nodes: int | None = NODES,
-    gpus_per_node: int | None = GPUS_PER_NODE,
-    cpus_per_task: int | None = CPUS_PER_TASK,
-    mem: str | None = MEM,
-    time: str | None = TIME,
-    account: str | None = ACCOUNT,
-    qos: str | None = QOS,
-    sbatch_arg: list[str] = SBATCH_ARG,
-    dry_run: bool = DRY_RUN,
-    detach: bool = DETACH,
-    force: bool = FORCE,
-    retry_failed: bool = RETRY,
-    results_root: Path = RESULTS_ROOT,
-    work_root: Path = WORK,
+    *,
+    opts: _StartOptions,
 ) -> None:
     """Train the baseline and a variant at each value of a parameter; compare and report.
 
     `aqr-exp sweep window_size` is the main job: on a fresh machine it generates
     the synthetic data, trains the CPU demo for window_size 5, 8, 10, 15 and the
     baseline, prints the comparison and writes results/<study>/report.md."""
-    loaded = load_spec(spec)
-    slurm = _slurm_options(
-        partition, nodes, gpus_per_node, cpus_per_task, mem, time, account, qos, sbatch_arg
-    )
-    how = _launch(loaded, launcher, jobs, gpus_per_run, slurm, dry_run, detach, force, retry_failed)
+    loaded, how, target = opts.resolve()
     chosen = resolve_sweep(loaded, name, _values(values), variant)
-    built = plan_sweep(
-        loaded, chosen, _target(results_root, work_root, profile, data_root, seeds, tracker)
-    )
-    _execute(built, how, by=chosen.name)
+    _execute(plan_sweep(loaded, chosen, target), how, by=chosen.name)
 
 
 def status(
@@ -728,22 +596,24 @@ def status(
     A run whose process is gone (killed, machine restarted) is marked interrupted."""
     if run_id is not None:
         run_dir = _find_run(results_root, study, run_id)
-        record = registry.reconcile(run_dir)
-        assert record is not None
+        record = backends.reconcile(run_dir)
+        if record is None:
+            raise AqrError(f"{run_dir}: no {registry.RUN_FILE}")
         typer.echo(record.to_yaml(), nl=False)
         if record.work_dir:  # an imported run has none
             typer.echo(f"# log: {Path(record.work_dir) / LOG_NAME}")
-        slurm_state = _slurm_state(record, slurmctl.queue())
-        if slurm_state:
-            typer.echo(f"# slurm: job {slurm_state}")
+        queue_state = backends.queue_states([record])[0]
+        if queue_state:
+            typer.echo(f"# {record.launcher['type']}: job {queue_state}")
         return
     run_dirs = registry.runs_of(results_root, study)
     if not run_dirs:
         typer.echo(f"No runs under {results_root}" + (f" for study {study}" if study else ""))
         return
     rows, shown = [], []
-    for run_dir, record in records.readable(run_dirs, registry.reconcile):
-        assert record is not None
+    for run_dir, record in records.readable(run_dirs, backends.reconcile):
+        if record is None:
+            continue  # removed since it was listed
         shown.append(record)
         detail = record.reason or ""
         if record.status == "running":
@@ -766,31 +636,16 @@ def status(
             ]
         )
     headers = ["study", "run id", "variant", "sweep", "seed", "status", "detail"]
-    on_slurm = any((record.launcher or {}).get("type") == "slurm" for record in shown)
-    jobs = slurmctl.queue() if on_slurm else None  # one snapshot for the whole table
-    slurm_states = [_slurm_state(record, jobs) for record in shown]
-    if any(slurm_states):
-        headers.insert(6, "slurm")
+    queue_states = backends.queue_states(shown)  # each scheduler asked once
+    if any(queue_states):
+        headers.insert(6, "job")
         rows = [
             [*row[:6], state or "-", *row[6:]]
-            for row, state in zip(rows, slurm_states, strict=True)
+            for row, state in zip(rows, queue_states, strict=True)
         ]
     typer.echo(tabulate(rows, headers=headers))
     for line in trackers.where_to_look_all(record.trackers for record in shown):
         typer.echo(f"Curves in {line}")
-
-
-def _slurm_state(record: registry.RunRecord, jobs: dict[str, slurmctl.SlurmJob] | None) -> str:
-    """'12_0 RUNNING' for a run with a Slurm job ('gone' once Slurm forgot it); '' otherwise.
-
-    `jobs` is one squeue snapshot (None: squeue could not be asked)."""
-    launcher = record.launcher or {}
-    if launcher.get("type") != "slurm" or not launcher.get("job_id"):
-        return ""
-    if jobs is None:
-        return f"{launcher['job_id']} (squeue unavailable)"
-    job = jobs.get(str(launcher["job_id"]))
-    return f"{launcher['job_id']} {job.describe() if job else 'gone'}"
 
 
 def _cut(text: str, width: int = 90) -> str:
@@ -825,7 +680,7 @@ def cancel(
 
     The next `run`/`sweep` resumes them from their last checkpoint."""
     if all_runs:
-        found = records.readable(registry.runs_of(results_root, study), registry.reconcile)
+        found = records.readable(registry.runs_of(results_root, study), backends.reconcile)
         targets = [
             run_dir
             for run_dir, record in found
@@ -838,59 +693,20 @@ def cancel(
     if not targets:
         typer.echo("Nothing to cancel.")
     for run_dir in targets:
-        record = cancel_run(run_dir)
+        record = backends.cancel_run(run_dir)
         typer.echo(f"cancelled {record.run_id}")
 
 
-def train(
-    config: Path = typer.Argument(..., help="The mmengine config to train."),
-    work_dir: Path | None = typer.Option(None, "--work-dir", help="Where checkpoints and logs go."),
-    resume: bool = typer.Option(
-        False,
-        "--resume",
-        help="Continue from the work dir's last checkpoint (from scratch if none).",
-    ),
-    resume_from: Path | None = typer.Option(
-        None, "--resume-from", help="Continue from this checkpoint."
-    ),
-    amp: bool = typer.Option(False, "--amp", help="Automatic mixed precision (GPU only)."),
-    auto_scale_lr: bool = typer.Option(
-        False, "--auto-scale-lr", help="Scale the LR with the batch size."
-    ),
-    launcher: str = typer.Option(
-        "none", "--launcher", help="none, pytorch (torchrun) or slurm (srun)."
-    ),
-    cfg_options: list[str] = typer.Option(
-        [], "--cfg-options", help="KEY=VALUE config override (repeatable), as in mmdet3d."
-    ),
-    seed: int | None = typer.Option(None, "--seed", help="Random seed (sets randomness.seed)."),
-    checkpoint_interval: int | None = typer.Option(
-        None,
-        "--checkpoint-interval",
-        help="Save a checkpoint every N epochs (iterations if iteration-based).",
-    ),
-) -> None:
-    """Train one config, like mmdet3d's tools/train.py (same as `python -m aqr_exp.train`).
+def train(ctx: typer.Context) -> None:
+    """Train one config, like mmdet3d's tools/train.py (`aqr-exp train --help`: options).
 
-    Plus the project's fixes: resume under torch >= 2.6, --seed,
-    --checkpoint-interval, and a stop with a clear message on a NaN/inf loss."""
+    CONFIG [--work-dir DIR] [--resume [CHECKPOINT]] [--amp] [--launcher ...]
+    [--cfg-options KEY=VALUE ...] [--seed N] [--checkpoint-interval N]: the same entry as
+    `python -m aqr_exp.train`, plus the project's fixes: resume under torch >= 2.6,
+    --seed, --checkpoint-interval, and a stop with a clear message on a NaN/inf loss."""
     from aqr_exp import train as entry
 
-    argv = [str(config), "--launcher", launcher]
-    argv += ["--work-dir", str(work_dir)] if work_dir else []
-    argv += ["--resume", str(resume_from)] if resume_from else (["--resume"] if resume else [])
-    argv += ["--amp"] if amp else []
-    argv += ["--auto-scale-lr"] if auto_scale_lr else []
-    argv += ["--cfg-options", *cfg_options] if cfg_options else []
-    argv += ["--seed", str(seed)] if seed is not None else []
-    argv += ["--checkpoint-interval", str(checkpoint_interval)] if checkpoint_interval else []
-    if launcher not in entry.LAUNCHERS:
-        raise AqrError(f"--launcher must be one of {', '.join(entry.LAUNCHERS)}, got {launcher!r}")
-    problem = entry.cfg_options_problem(cfg_options)
-    if problem is not None:
-        raise AqrError(f"--cfg-options {problem}")
-    # Bad options or files come back as AqrError: the app's one `error:` line.
-    code = entry.main(argv, log_usage_errors=False)
+    code = entry.main(ctx.args, log_usage_errors=False, prog="aqr-exp train")
     if code:
         raise typer.Exit(code)
 
@@ -898,8 +714,14 @@ def train(
 def register(app: typer.Typer) -> None:
     app.command()(variants)
     app.command()(plan)
-    app.command()(run)
-    app.command()(sweep)
+    app.command()(_start_command(run))
+    app.command()(_start_command(sweep))
     app.command()(status)
     app.command()(cancel)
-    app.command()(train)
+    # train.py's own parser reads every argument (--help included): declared once.
+    passthrough = {
+        "allow_extra_args": True,
+        "ignore_unknown_options": True,
+        "help_option_names": [],
+    }
+    app.command(context_settings=passthrough)(train)

@@ -1,10 +1,11 @@
-"""The launcher interface: submit a training job, get a handle (state, cancel, log).
+"""The launcher interfaces, as submitit separates its core from its backends.
 
-Backends (local pool, torchrun, later Slurm) implement `Launcher`; the
-orchestration only talks to this interface, so a sweep runs unchanged on any
-of them. A backend records each state change in the run registry itself,
-which is what `aqr-exp status` reads later, after the submitting process is
-gone.
+A `Backend` (one module each: local, torchrun, slurm; chosen by name through
+`aqr_exp.launch.backends`) makes a `Launcher` for a plan and knows, from any
+process, what a recorded run of its kind is doing (`observe`) and how to stop it
+(`cancel`). A `Launcher` takes `TrainJob`s and returns `RunHandle`s (state, cancel,
+log). A backend records each state change in the run registry itself, which is what
+`aqr-exp status` reads later, after the submitting process is gone.
 """
 
 from __future__ import annotations
@@ -15,9 +16,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-FINAL_STATES = frozenset({"done", "failed", "interrupted", "cancelled"})
+from aqr_exp import registry
+from aqr_exp.registry import FINAL_STATES, RunRecord
+
+if TYPE_CHECKING:
+    from aqr_exp.spec import LauncherSettings
+
 LOG_NAME = "train.log"  # stdout + stderr of every attempt, in the work dir
 # The training entry's side of the contract: how it says a run hit a NaN/inf loss.
 EXIT_NONFINITE = 3
@@ -54,6 +60,14 @@ class TrainJob:
         ]  # fmt: skip
 
 
+def job_of(run_dir: Path) -> TrainJob:
+    """The job of an existing registry entry (a detached pool, a Slurm job)."""
+    record = registry.read(run_dir)
+    if record is None:
+        raise registry.TransitionError(f"no {registry.RUN_FILE} in {run_dir}")
+    return TrainJob(run_id=record.run_id, run_dir=run_dir, work_dir=Path(record.work_dir))
+
+
 class RunHandle(ABC):
     """A submitted run, as its backend sees it."""
 
@@ -78,9 +92,8 @@ class RunHandle(ABC):
 
 
 class Launcher(ABC):
-    """A backend: takes jobs, runs them, records their states in the registry."""
+    """Takes jobs, runs them, records their states in the registry."""
 
-    name: ClassVar[str]
     # False for a scheduler (Slurm) that owns the jobs once submitted: the
     # submitting command returns at once and `aqr-exp status` follows them.
     runs_here: ClassVar[bool] = True
@@ -108,6 +121,34 @@ class Launcher(ABC):
     @abstractmethod
     def shutdown(self, reason: str) -> None:
         """Stop every run this launcher owns and record why."""
+
+
+class Backend(ABC):
+    """One way to run trainings, registered under `name` (`launcher.type` in specs and
+    in each run's record): a launcher for a plan, and the view of a recorded run."""
+
+    name: ClassVar[str]
+    # A scheduler (Slurm) owns the runs once submitted: no local GPUs to hand out, and
+    # nothing to wait for or detach from.
+    scheduler: ClassVar[bool] = False
+
+    @abstractmethod
+    def launcher(self, settings: LauncherSettings, study: str, dry_run: bool) -> Launcher:
+        """The launcher of a plan (a dry run only describes it and shows its scripts)."""
+
+    def observe(self, record: RunRecord) -> tuple[str, str | None]:
+        """(status, reason) as the run really is, which may differ from its record (its
+        process or job gone): by default, the record's own."""
+        return record.status, record.reason
+
+    @abstractmethod
+    def cancel(self, run_dir: Path, reason: str) -> RunRecord:
+        """Record a run as cancelled and stop it, from any process."""
+
+    def queue_states(self, records: Sequence[RunRecord]) -> list[str]:
+        """A scheduler's own word on each run's job for `status` ('12_0 RUNNING'), asked
+        once for all; "" where there is none (not a scheduler)."""
+        return [""] * len(records)
 
 
 def run_all(

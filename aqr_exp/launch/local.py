@@ -29,16 +29,20 @@ from typing import IO, Any
 
 from aqr_exp import registry
 from aqr_exp.errors import AqrError
+from aqr_exp.launch import backends
 from aqr_exp.launch.base import (
     SAFE_PATH_ENV,
+    Backend,
     Launcher,
     RunHandle,
     TrainJob,
+    job_of,
     run_all,
     stop_on_sigterm,
 )
-from aqr_exp.launch.outcome import record_cancel, record_exit
-from aqr_exp.launch.torchrun import torchrun_command
+from aqr_exp.launch.lifecycle import record_cancel, record_exit, start_training
+from aqr_exp.registry import RunRecord
+from aqr_exp.spec import LauncherSettings
 
 STOP_GRACE_S = 10.0
 
@@ -59,6 +63,30 @@ def visible_gpus() -> list[str]:
     return listing.stdout.split() if listing.returncode == 0 else []
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process is still there for its launcher.
+
+    A zombie counts as alive while its parent (the pool, which records the exit
+    when it reaps it) lives; an orphaned zombie nobody reaps counts as gone.
+    """
+    if Path("/proc/self").exists():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            return False
+        state, parent = fields[0], int(fields[1])
+        if state in ("Z", "X"):
+            return parent > 1 and Path(f"/proc/{parent}").exists()
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def free_port(taken: set[int]) -> int:
     """A TCP port free right now and not handed to another run of this pool."""
     while True:
@@ -77,7 +105,7 @@ def stop_process_group(pid: int, grace_s: float = STOP_GRACE_S) -> None:
         return
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
-        if not registry.pid_alive(pid):
+        if not pid_alive(pid):
             return
         time.sleep(0.1)
     try:
@@ -106,8 +134,6 @@ class LocalHandle(RunHandle):
 
 class LocalLauncher(Launcher):
     """Runs jobs as local subprocesses, at most `max_concurrent` at a time."""
-
-    name = "local"
 
     def __init__(
         self,
@@ -194,26 +220,18 @@ class LocalLauncher(Launcher):
         handle.job.work_dir.mkdir(parents=True, exist_ok=True)
         # Stays open while the run lives; `_release` closes it.
         handle.log_file = open(handle.job.log_path, "ab")  # noqa: SIM115
-        handle.log_file.write(f"\n=== {registry.now()} {shown} {shlex.join(command)}\n".encode())
-        handle.log_file.flush()
-        handle.proc = subprocess.Popen(
+        handle.proc = start_training(
+            handle.job,
             command,
-            stdout=handle.log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
+            env,
+            shown,
+            handle.log_file,
+            self._launcher_info(0),
+            start_new_session=True,  # Ctrl-C of the pool does not reach it: the pool stops it
         )
         handle.started_at = time.monotonic()
         handle.status = "running"
         self.running.append(handle)
-        registry.transition(
-            handle.job.run_dir,
-            "running",
-            started=registry.now(),
-            command=f"{shown} {shlex.join(command)}".strip(),
-            launcher=self._launcher_info(handle.proc.pid),
-        )
 
     def _release(self, handle: LocalHandle) -> None:
         self.running.remove(handle)
@@ -233,8 +251,7 @@ class LocalLauncher(Launcher):
 
     def update(self) -> None:
         for handle in list(self.running):
-            assert handle.proc is not None
-            code = handle.proc.poll()
+            code = handle.proc.poll() if handle.proc is not None else None
             if code is not None:
                 self._finish(handle, code)
         while self.queue and len(self.running) < self.max_concurrent:
@@ -260,17 +277,51 @@ class LocalLauncher(Launcher):
             self.stop(handle, reason)
 
 
-def cancel_recorded(run_dir: Path, reason: str = "cancelled by the user") -> registry.RunRecord:
-    """Cancel a run from any process (`aqr-exp cancel`): record it, stop its processes.
+def torchrun_command(job: TrainJob, nproc: int, master_port: int) -> list[str]:
+    """`python -m torch.distributed.run` with an explicit master port, so several
+    runs on one host never collide on the default 29500 (mmengine launcher `pytorch`)."""
+    return [
+        sys.executable, "-m", "torch.distributed.run",
+        "--nnodes", "1", "--nproc-per-node", str(nproc),
+        "--master-addr", "127.0.0.1", "--master-port", str(master_port),
+        *job.train_args(launcher="pytorch"),
+    ]  # fmt: skip
 
-    The pool that owns it sees the record when the process exits (or before
-    starting a queued run) and keeps it cancelled.
-    """
-    record, was = record_cancel(run_dir, reason)
-    launcher = record.launcher or {}
-    if was == "running" and launcher.get("pid") and launcher.get("host") == socket.gethostname():
-        stop_process_group(int(launcher["pid"]))
-    return record
+
+@backends.register
+class LocalBackend(Backend):
+    """Trainings as processes of this machine, recorded with their pid and host."""
+
+    name = "local"
+
+    def launcher(self, settings: LauncherSettings, study: str, dry_run: bool) -> Launcher:
+        return LocalLauncher(settings.max_concurrent, settings.gpus_per_run)
+
+    def observe(self, record: RunRecord) -> tuple[str, str | None]:
+        """An active run whose process on this host is gone (SIGKILL, OOM killer,
+        reboot) is interrupted, whatever run.yaml says."""
+        launcher = record.launcher or {}
+        pid = launcher.get("pid")
+        here = launcher.get("host") == socket.gethostname()
+        if record.status in registry.ACTIVE and pid and here and not pid_alive(int(pid)):
+            return "interrupted", (
+                f"the process (pid {pid}) is gone while the run was {record.status}: "
+                "killed (e.g. SIGKILL, out of memory) or the machine restarted"
+            )
+        return record.status, record.reason
+
+    def cancel(self, run_dir: Path, reason: str) -> RunRecord:
+        """Record it, stop its processes. The pool that owns it sees the record when the
+        process exits (or before starting a queued run) and keeps it cancelled."""
+        record, was = record_cancel(run_dir, reason)
+        launcher = record.launcher or {}
+        if (
+            was == "running"
+            and launcher.get("pid")
+            and launcher.get("host") == socket.gethostname()
+        ):
+            stop_process_group(int(launcher["pid"]))
+        return record
 
 
 def spawn_detached(jobs: Sequence[TrainJob], launcher: LocalLauncher, log_path: Path) -> int:
@@ -306,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop_on_sigterm()
     launcher = LocalLauncher(args.max_concurrent, args.gpus_per_run, torchrun=args.torchrun)
     try:
-        handles = run_all(launcher, [registry.job_of(run_dir) for run_dir in args.run_dirs])
+        handles = run_all(launcher, [job_of(run_dir) for run_dir in args.run_dirs])
     except KeyboardInterrupt:
         return 130
     return 0 if all(handle.state() == "done" for handle in handles) else 1

@@ -16,14 +16,16 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from aqr_exp import paths, registry
 from aqr_exp.errors import AqrError
 from aqr_exp.files import write_atomic
-from aqr_exp.launch import slurmctl
-from aqr_exp.launch.base import SAFE_PATH_ENV, Launcher, RunHandle, TrainJob
-from aqr_exp.launch.outcome import record_cancel
-from aqr_exp.spec import SlurmSettings
+from aqr_exp.launch import backends, slurmctl
+from aqr_exp.launch.base import SAFE_PATH_ENV, Backend, Launcher, RunHandle, TrainJob
+from aqr_exp.launch.lifecycle import record_cancel
+from aqr_exp.registry import ACTIVE, RunRecord
+from aqr_exp.spec import LauncherSettings, SlurmSettings
 
 SCRIPT_NAME = "slurm.sbatch"
 JOB_ENTRY = "aqr_exp.launch.slurm_job"
@@ -134,16 +136,15 @@ class SlurmHandle(RunHandle):
 
     def state(self) -> str:
         record = registry.read(self.job.run_dir)
-        return registry.observe(record)[0] if record else "queued"
+        return SlurmBackend().observe(record)[0] if record else "queued"
 
     def cancel(self, reason: str = "cancelled by the user") -> None:
-        cancel_recorded(self.job.run_dir, reason)
+        backends.cancel_run(self.job.run_dir, reason)
 
 
 class SlurmLauncher(Launcher):
     """Submits runs with sbatch and returns; Slurm runs them."""
 
-    name = "slurm"
     runs_here = False
 
     def __init__(self, settings: SlurmSettings, study: str) -> None:
@@ -231,13 +232,82 @@ class SlurmLauncher(Launcher):
                 handle.cancel(reason)
 
 
-def cancel_recorded(run_dir: Path, reason: str = "cancelled by the user") -> registry.RunRecord:
-    """Record the run as cancelled, then scancel its job (pending or running).
+def slurm_view(
+    status: str, reason: str | None, launcher: dict[str, Any], job: slurmctl.SlurmJob | None
+) -> tuple[str, str | None]:
+    """A Slurm run's status from its record and its job in the queue (None: gone).
 
-    The job entry sees the record when Slurm stops it and keeps it cancelled.
+    Requeued (preemption, time limit, scontrol requeue): the job is pending
+    again while the record says running or interrupted → queued. Gone or
+    ended in a failure state while the record says active → interrupted (the
+    job could not record its own end: node failure, SIGKILL, out of memory).
     """
-    record, _ = record_cancel(run_dir, reason)
-    job_id = (record.launcher or {}).get("job_id")
-    if job_id:
-        slurmctl.scancel(str(job_id))
-    return record
+    job_id = launcher.get("job_id")
+    if job is not None and job.state in slurmctl.PENDING and status in ("running", "interrupted"):
+        return "queued", (
+            f"requeued by Slurm (job {job_id} {job.describe()}); "
+            "it resumes from its last checkpoint when it starts"
+        )
+    if status not in ACTIVE:
+        return status, reason
+    if job is not None and job.state in slurmctl.PENDING | slurmctl.RUNNING | slurmctl.ENDING:
+        return status, reason
+    ended = "is gone" if job is None else f"ended {job.state}"
+    log = f"; Slurm's log: {launcher['slurm_log']}" if launcher.get("slurm_log") else ""
+    return "interrupted", (
+        f"Slurm job {job_id} {ended} but the run never recorded its end (node failure, "
+        f"out of memory, or the job script failed{log}); running it again resumes from its "
+        "last checkpoint"
+    )
+
+
+@backends.register
+class SlurmBackend(Backend):
+    """Runs as Slurm jobs: their state is the record checked against Slurm's queue."""
+
+    name = "slurm"
+    scheduler = True
+
+    def launcher(self, settings: LauncherSettings, study: str, dry_run: bool) -> Launcher:
+        """A dry run only prints the scripts, so it needs no Slurm tools: a Slurm plan
+        can be checked on a laptop."""
+        if not dry_run and not slurmctl.available():
+            raise AqrError(
+                "launcher 'slurm': sbatch/squeue not found; run on a machine with Slurm's "
+                "client tools (a login node), or use --launcher local"
+            )
+        return SlurmLauncher(settings.slurm, study)
+
+    def observe(self, record: RunRecord) -> tuple[str, str | None]:
+        """The record checked against Slurm's queue (which may not be askable: then
+        nobody may conclude that a job is gone)."""
+        launcher = record.launcher or {}
+        job_id = launcher.get("job_id")
+        jobs = slurmctl.queue() if job_id is not None else None
+        if jobs is None or job_id is None:
+            return record.status, record.reason
+        return slurm_view(record.status, record.reason, launcher, jobs.get(str(job_id)))
+
+    def queue_states(self, records: Sequence[RunRecord]) -> list[str]:
+        """'12_0 RUNNING' ('gone' once Slurm forgot the job; no job id yet: "")."""
+        jobs = slurmctl.queue()
+        states = []
+        for record in records:
+            job_id = (record.launcher or {}).get("job_id")
+            if not job_id:
+                states.append("")
+            elif jobs is None:
+                states.append(f"{job_id} (squeue unavailable)")
+            else:
+                job = jobs.get(str(job_id))
+                states.append(f"{job_id} {job.describe() if job else 'gone'}")
+        return states
+
+    def cancel(self, run_dir: Path, reason: str) -> RunRecord:
+        """Record the run as cancelled, then scancel its job (pending or running). The
+        job entry sees the record when Slurm stops it and keeps it cancelled."""
+        record, _ = record_cancel(run_dir, reason)
+        job_id = (record.launcher or {}).get("job_id")
+        if job_id:
+            slurmctl.scancel(str(job_id))
+        return record

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from aqr_exp import registry
 from aqr_exp.launch import slurmctl
-from aqr_exp.launch.base import SAFE_PATH_ENV, TrainJob
-from aqr_exp.launch.outcome import record_exit
+from aqr_exp.launch.base import SAFE_PATH_ENV, TrainJob, job_of
+from aqr_exp.launch.lifecycle import record_exit, start_training
 from aqr_exp.launch.slurm import JOB_ENTRY
 
 log = logging.getLogger("aqr_exp.slurm_job")
@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     if _start_record(run_dir, env) is None:
         return 0
-    job = registry.job_of(run_dir)
+    job = job_of(run_dir)
     tasks = int(env.get("SLURM_NTASKS") or 1)
     command = training_command(job, tasks)
 
@@ -125,24 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     job.work_dir.mkdir(parents=True, exist_ok=True)
     with open(job.log_path, "ab") as train_log:
         header = f"slurm job {slurm_job_id(env)} on {socket.gethostname()}"
-        train_log.write(f"\n=== {registry.now()} {header} {shlex.join(command)}\n".encode())
-        train_log.flush()
-        proc = subprocess.Popen(
-            command,
-            stdout=train_log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=training_env(env, tasks),
-        )
+        proc = start_training(job, command, training_env(env, tasks), header, train_log)
         children.append(proc)
-        registry.add_launcher_info(run_dir, pid=proc.pid)
-        registry.transition(
-            run_dir,
-            "running",
-            started=registry.now(),
-            command=shlex.join(command),
-            reason=None,
-        )
         log.info("%s: training (pid %d): %s", job.run_id, proc.pid, shlex.join(command))
         code = proc.wait()
     status = record_exit(run_dir, code, job.log_path, STOPPED, stopped[0] if stopped else None)

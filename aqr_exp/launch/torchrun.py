@@ -1,18 +1,20 @@
-"""torchrun: one run on several GPUs of this node (mmengine launcher `pytorch`)."""
+"""torchrun: one run on several GPUs of this node (mmengine launcher `pytorch`).
+
+The local pool with `torch.distributed.run` in front of each training: the same
+processes to observe and stop as the local backend's.
+"""
 
 from __future__ import annotations
 
-import sys
+from aqr_exp.launch import backends
+from aqr_exp.launch.base import Launcher
+from aqr_exp.launch.local import LocalBackend, LocalLauncher
+from aqr_exp.spec import LauncherSettings
 
-from aqr_exp.launch.base import TrainJob
 
+@backends.register
+class TorchrunBackend(LocalBackend):
+    name = "torchrun"
 
-def torchrun_command(job: TrainJob, nproc: int, master_port: int) -> list[str]:
-    """`python -m torch.distributed.run` with an explicit master port, so several
-    runs on one host never collide on the default 29500."""
-    return [
-        sys.executable, "-m", "torch.distributed.run",
-        "--nnodes", "1", "--nproc-per-node", str(nproc),
-        "--master-addr", "127.0.0.1", "--master-port", str(master_port),
-        *job.train_args(launcher="pytorch"),
-    ]  # fmt: skip
+    def launcher(self, settings: LauncherSettings, study: str, dry_run: bool) -> Launcher:
+        return LocalLauncher(settings.max_concurrent, settings.gpus_per_run, torchrun=True)

@@ -21,11 +21,7 @@ from aqr_exp.configs import PREDICTIONS_DIR
 from aqr_exp.errors import AqrError
 from aqr_exp.files import write_json_atomic
 from aqr_exp.records import readable
-from aqr_exp.results import matching
-from aqr_exp.results.bootstrap import evaluate
-from aqr_exp.results.nuscenes import Evaluation, evaluation_from_flat
-from aqr_exp.results.record import identity, metrics_payload
-from aqr_exp.results.runs import (
+from aqr_exp.registry import (
     CONFIG_FILE,
     METRICS_FILE,
     is_imported,
@@ -33,6 +29,10 @@ from aqr_exp.results.runs import (
     read_run_record,
     study_run_dirs,
 )
+from aqr_exp.results import matching
+from aqr_exp.results.bootstrap import evaluate
+from aqr_exp.results.nuscenes import Evaluation, evaluation_from_flat
+from aqr_exp.results.record import identity, metrics_payload
 
 logger = logging.getLogger(__name__)
 

@@ -20,16 +20,7 @@ import pandas as pd
 
 from aqr_exp.errors import AqrError
 from aqr_exp.records import CorruptRecord, readable
-from aqr_exp.results import matching
-from aqr_exp.results.bootstrap import (
-    UNITS,
-    group_resamples,
-    interval,
-    resample_counts,
-    resolvable_delta,
-)
-from aqr_exp.results.nuscenes import HIGHER_IS_BETTER, SUMMARY, class_order
-from aqr_exp.results.runs import (
+from aqr_exp.registry import (
     BASELINE_VARIANT,
     METRICS_FILE,
     RUN_FILE,
@@ -39,6 +30,15 @@ from aqr_exp.results.runs import (
     resolve_run_ref,
     study_run_dirs,
 )
+from aqr_exp.results import matching
+from aqr_exp.results.bootstrap import (
+    UNITS,
+    group_resamples,
+    interval,
+    resample_counts,
+    resolvable_delta,
+)
+from aqr_exp.results.nuscenes import HIGHER_IS_BETTER, SUMMARY, class_order
 
 DETECTION, PER_CLASS_AP, COST, AQR = "detection", "per_class_ap", "cost", "aqr"
 SPREAD_CHECKED = (DETECTION, COST)

@@ -24,9 +24,7 @@ from typing import Any
 
 from aqr_exp.errors import AqrError
 from aqr_exp.files import check_input_file, write_json_atomic
-from aqr_exp.results.nuscenes import CLASSES, SUMMARY, TP_ERRORS, Evaluation, evaluation_from_flat
-from aqr_exp.results.record import identity, metrics_payload
-from aqr_exp.results.runs import (
+from aqr_exp.registry import (
     IMPORTED,
     METRICS_FILE,
     RUN_FILE,
@@ -36,6 +34,8 @@ from aqr_exp.results.runs import (
     runs_dir,
     write_run_record,
 )
+from aqr_exp.results.nuscenes import CLASSES, SUMMARY, TP_ERRORS, Evaluation, evaluation_from_flat
+from aqr_exp.results.record import identity, metrics_payload
 
 _LOGGER_PREFIX = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2},\d{3} - \S+ - [A-Z]+ - ")
 _TRAIN = re.compile(r"\bEpoch \[(?P<epoch>\d+)\]\[(?P<iter>\d+)/(?P<total>\d+)\]\s+(?P<rest>.*)$")

@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from aqr_exp.errors import AqrError
 from aqr_exp.results.compare import (
     AQR,
     COST,
@@ -217,7 +218,10 @@ def stats_frame(comparison: Comparison) -> pd.DataFrame:
 
 
 def render(comparison: Comparison, fmt: str) -> str:
-    """The text `aqr-exp compare` prints."""
+    """The text `aqr-exp compare` prints, in one of FORMATS. `fmt` is a plain string, so
+    anything else is an error: a typo would otherwise fall through to the table."""
+    if fmt not in FORMATS:
+        raise AqrError(f"unknown output format {fmt!r}: choose one of {', '.join(FORMATS)}")
     if fmt == "csv":
         return stats_frame(comparison).to_csv(index=False)
     legend = LEGEND.format(best="in bold" if fmt == "markdown" else "marked *")

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from aqr_exp import paths, trackers
 from aqr_exp.files import write_atomic
+from aqr_exp.registry import CONFIG_FILE
 from aqr_exp.results.compare import (
     AQR,
     COST,
@@ -38,7 +39,6 @@ from aqr_exp.results.figures import (
     sweep_params,
 )
 from aqr_exp.results.render import LEGEND, Table, table_text, tables
-from aqr_exp.results.runs import CONFIG_FILE
 
 REPORT_FILE = "report.md"
 FIGURES_DIR = "figures"

@@ -9,9 +9,9 @@ from mmengine.config import Config
 
 from aqr_exp.errors import AqrError
 from aqr_exp.files import write_atomic
+from aqr_exp.registry import CONFIG_FILE
 from aqr_exp.results.compare import RunResult, select_runs
 from aqr_exp.results.report import ExtraFigure
-from aqr_exp.results.runs import CONFIG_FILE
 from aqr_exp.viz.pictures import bias_pictures, weight_pictures
 
 VIZ_DIR = Path("figures") / "viz"

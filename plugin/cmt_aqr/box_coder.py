@@ -11,8 +11,6 @@ from mmdet3d.registry import TASK_UTILS
 from mmdet3d.structures import LiDARInstance3DBoxes
 from torch import Tensor
 
-CODE_SIZE = 10
-
 
 def encode_boxes(boxes: LiDARInstance3DBoxes) -> Tensor:
     """Boxes (bottom-center z, 9 dims with velocity) -> codes [N, 10]."""

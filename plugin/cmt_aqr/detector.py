@@ -1,4 +1,4 @@
-"""The CMT detector: LiDAR BEV features + multi-view image features -> CmtHead."""
+"""The CMT detector: LiDAR BEV features + multi-view image features -> AqrCmtHead."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def spconv2_to_model_layout(checkpoint: Tensor, model_shape: torch.Size) -> Tens
 
 
 @MODELS.register_module()
-class CmtDetector(Base3DDetector):
+class AqrCmtDetector(Base3DDetector):
     """Cross Modal Transformer (Yan et al., ICCV 2023), written for mmdet3d 1.4.
 
     The LiDAR branch is voxel encoder → middle encoder → backbone → neck; the
@@ -146,3 +146,8 @@ class CmtDetector(Base3DDetector):
             self.extract_pts_feat(batch_inputs_dict["voxels"], len(batch_data_samples)),
             self.extract_img_feat(batch_inputs_dict["imgs"]),
         )
+
+
+# The Python name before the registry prefix, for code that imports it; configs use
+# "AqrCmtDetector" (the old registry name is a fallback only: cmt_aqr/legacy_names.py).
+CmtDetector = AqrCmtDetector

@@ -61,7 +61,7 @@ class LayerOutputs:
 
 
 @MODELS.register_module()
-class CmtHead(BaseModule):
+class AqrCmtHead(BaseModule):
     """Queries attend to the BEV + camera tokens; each layer predicts boxes.
 
     One task of `num_classes` classes (CMT's LiDAR + camera configs use one).
@@ -142,7 +142,7 @@ class CmtHead(BaseModule):
         self.transformer = MODELS.build(
             transformer
             or dict(
-                type="CmtTransformer",
+                type="AqrCmtTransformer",
                 decoder=dict(type="CmtTransformerDecoder", embed_dims=embed_dims),
             )
         )
@@ -435,3 +435,8 @@ class CmtHead(BaseModule):
             instances.labels_3d = decoded["labels"]
             results.append(instances)
         return results
+
+
+# The Python name before the registry prefix, for code that imports it; configs use
+# "AqrCmtHead" (the old registry name is a fallback only: cmt_aqr/legacy_names.py).
+CmtHead = AqrCmtHead

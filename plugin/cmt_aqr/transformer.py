@@ -103,7 +103,7 @@ class CmtTransformerDecoder(nn.Module):
 
 
 @MODELS.register_module()
-class CmtTransformer(nn.Module):
+class AqrCmtTransformer(nn.Module):
     """Holds the decoder under the name CMT's checkpoints use (``transformer.decoder``)."""
 
     def __init__(self, decoder: dict) -> None:
@@ -121,3 +121,8 @@ class CmtTransformer(nn.Module):
                 nn.init.xavier_uniform_(weight)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
+
+
+# The Python name before the registry prefix, for code that imports it; configs use
+# "AqrCmtTransformer" (the old registry name is a fallback only: cmt_aqr/legacy_names.py).
+CmtTransformer = AqrCmtTransformer

@@ -26,7 +26,7 @@ camera_prefixes = dict(
     CAM_BACK_LEFT='samples/CAM_BACK_LEFT', CAM_BACK_RIGHT='samples/CAM_BACK_RIGHT')
 
 model = dict(
-    type='CmtDetector',
+    type='AqrCmtDetector',
     data_preprocessor=dict(
         type='Det3DDataPreprocessor',
         mean=[103.530, 116.280, 123.675], std=[57.375, 57.120, 58.395],
@@ -52,7 +52,7 @@ model = dict(
         norm_cfg=dict(type='BN2d', requires_grad=True), norm_eval=False, style='pytorch'),
     img_neck=dict(type='CmtCPFPN', in_channels=[256, 512], out_channels=embed_dims),
     pts_bbox_head=dict(
-        type='CmtHead',
+        type='AqrCmtHead',
         in_channels=128,
         point_cloud_range=point_cloud_range,
         num_classes=len(class_names),
@@ -64,7 +64,7 @@ model = dict(
         pos_scale=8.0,
         local_attention_init=8.0,
         transformer=dict(
-            type='CmtTransformer',
+            type='AqrCmtTransformer',
             decoder=dict(type='CmtTransformerDecoder', num_layers=3, embed_dims=embed_dims,
                          num_heads=4, ffn_dims=512, dropout=0.0, self_attn_drop=0.0,
                          ffn_drop=0.0)),

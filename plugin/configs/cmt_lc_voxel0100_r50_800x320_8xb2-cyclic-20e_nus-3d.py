@@ -28,7 +28,7 @@ camera_prefixes = dict(
     CAM_BACK_LEFT='samples/CAM_BACK_LEFT', CAM_BACK_RIGHT='samples/CAM_BACK_RIGHT')
 
 model = dict(
-    type='CmtDetector',
+    type='AqrCmtDetector',
     use_grid_mask=True,
     data_preprocessor=dict(
         type='Det3DDataPreprocessor',
@@ -58,7 +58,7 @@ model = dict(
         with_cp=True),
     img_neck=dict(type='CmtCPFPN', in_channels=[1024, 2048], out_channels=256),
     pts_bbox_head=dict(
-        type='CmtHead',
+        type='AqrCmtHead',
         in_channels=512,
         point_cloud_range=point_cloud_range,
         num_classes=len(class_names),
@@ -66,7 +66,7 @@ model = dict(
         num_query=900,
         depth_num=64,
         transformer=dict(
-            type='CmtTransformer',
+            type='AqrCmtTransformer',
             decoder=dict(type='CmtTransformerDecoder', num_layers=6, embed_dims=256,
                          num_heads=8, ffn_dims=1024, dropout=0.1, self_attn_drop=0.1,
                          ffn_drop=0.0)),

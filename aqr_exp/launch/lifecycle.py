@@ -1,20 +1,58 @@
-"""How a run ended, recorded in the registry (shared by every backend).
+"""A training's life in the registry, the same for every backend.
 
-`record_cancel` marks a run cancelled before its backend stops it. `record_exit`
-records the end of its training process: a run recorded as cancelled stays
-cancelled whatever its process did; exit 0 is done; a signal is an interruption
-(the next start resumes from the last checkpoint); any other code is a failure
-with a reason from the log's tail.
+`start_training` opens the run's train.log, starts the training process and records
+the run as running with its command; `record_exit` records how the process ended: a
+run recorded as cancelled stays cancelled whatever its process did; exit 0 is done; a
+signal is an interruption (the next start resumes from the last checkpoint); the
+training entry's non-finite-loss exit code gives the loss line as the reason; any
+other code is a failure with a reason from the log's tail. `record_cancel` marks a
+run cancelled before its backend stops it.
 """
 
 from __future__ import annotations
 
+import shlex
 import signal
+import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import IO, Any
 
 from aqr_exp import registry
-from aqr_exp.errors import AqrError
-from aqr_exp.launch.base import EXIT_NONFINITE, NONFINITE_MARK
+from aqr_exp.launch.base import EXIT_NONFINITE, NONFINITE_MARK, TrainJob
+
+
+def start_training(
+    job: TrainJob,
+    command: Sequence[str],
+    env: Mapping[str, str],
+    header: str,
+    log: IO[bytes],
+    launcher: Mapping[str, Any] | None = None,
+    **popen: Any,
+) -> subprocess.Popen[bytes]:
+    """Start a run's training with its output appended to `log` (the work dir's
+    train.log, opened by the caller), and record it running."""
+    log.write(f"\n=== {registry.now()} {header} {shlex.join(command)}\n".encode())
+    log.flush()
+    proc = subprocess.Popen(
+        list(command),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=dict(env),
+        **popen,
+    )
+    info = {**(launcher or {}), "pid": proc.pid}
+    registry.add_launcher_info(job.run_dir, **info)
+    registry.transition(
+        job.run_dir,
+        "running",
+        started=registry.now(),
+        command=f"{header} {shlex.join(command)}".strip(),
+        reason=None,
+    )
+    return proc
 
 
 def failure_reason(code: int, tail: list[str]) -> str:
@@ -68,10 +106,6 @@ def record_cancel(run_dir: Path, reason: str) -> tuple[registry.RunRecord, str]:
     """Record a planned, queued or running run as cancelled (before its backend stops
     it, so the process's end keeps it cancelled); returns the record and the
     status it had."""
-    record = registry.reconcile(run_dir)
-    if record is None or record.status not in ("planned", *registry.ACTIVE):
-        raise AqrError(
-            f"{run_dir.name} is {record.status if record else 'unknown'}: nothing to cancel"
-        )
+    before = registry.read(run_dir)
     cancelled = registry.transition(run_dir, "cancelled", reason=reason, finished=registry.now())
-    return cancelled, record.status
+    return cancelled, before.status if before else "planned"
