@@ -15,11 +15,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from fixtures.toy.helpers import TOY_SPEC, cli, make_toy_data, toy_args, toy_importable, wait_for
+from fixtures.toy.helpers import (
+    TOY_SPEC,
+    cli,
+    toy_args,
+    toy_importable,
+    toy_sweep_plan,
+    wait_for,
+)
 
 from aqr_exp import execute, registry
 from aqr_exp.launch.local import LocalLauncher, pid_alive
-from aqr_exp.plan import Plan, Target, plan_sweep, plan_variants, resolve_sweep
+from aqr_exp.plan import Plan, Target, plan_variants
 from aqr_exp.records import CorruptRecord
 from aqr_exp.registry import read_metrics, read_run_record
 from aqr_exp.spec import load_spec
@@ -190,11 +197,7 @@ def test_the_planner_does_not_overwrite_a_corrupt_record_of_its_run(tmp_path: Pa
 
 @pytest.fixture
 def plan(tmp_path: Path) -> Plan:
-    spec = load_spec(TOY_SPEC)
-    target = Target(
-        tmp_path / "results", tmp_path / "work", data_root=make_toy_data(tmp_path / "d")
-    )
-    return plan_sweep(spec, resolve_sweep(spec, "window_size", None, None), target)
+    return toy_sweep_plan(tmp_path)
 
 
 def test_a_run_claimed_by_another_process_is_neither_reset_nor_claimed_again(

@@ -11,21 +11,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fixtures.toy.helpers import TOY_SPEC, make_toy_data
+from fixtures.toy.helpers import toy_sweep_plan
 
 from aqr_exp import execute, registry
 from aqr_exp.launch import backends
-from aqr_exp.plan import Plan, Target, plan_sweep, resolve_sweep
-from aqr_exp.spec import load_spec
+from aqr_exp.plan import Plan
 
 
 @pytest.fixture
 def plan(tmp_path: Path) -> Plan:
-    spec = load_spec(TOY_SPEC)
-    target = Target(
-        tmp_path / "results", tmp_path / "work", data_root=make_toy_data(tmp_path / "d")
-    )
-    return plan_sweep(spec, resolve_sweep(spec, "window_size", None, None), target)
+    return toy_sweep_plan(tmp_path)
 
 
 def test_prepare_writes_config_and_run_yaml(plan: Plan) -> None:
