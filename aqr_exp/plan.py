@@ -202,8 +202,9 @@ class _Builder:
         where = f"variant {variant.name}" if sweep is None else f"sweep {sweep.param}={sweep.value}"
         configs.check_aqr_windows(cfg, where)
         parent = None
-        if variant.init_from is not None:
-            parent = self.run(self.spec.variant(variant.init_from), seed)
+        init_from = self.spec.init_from(variant, self.profile)
+        if init_from is not None:
+            parent = self.run(self.spec.variant(init_from), seed)
         run_id = make_run_id(
             variant.name, sweep, overrides, seed, source_hash, self.data_root,
             init_from=parent.run_id if parent else None,

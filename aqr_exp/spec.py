@@ -30,6 +30,9 @@ class Profile:
     data_root: Path
     # SynthSpec fields: the data is synthetic and generated when data_root is absent.
     synth: Mapping[str, Any] | None
+    # Warm start at this scale: every variant without its own `init_from` (and not this
+    # variant or its parents) starts from this variant's final checkpoint.
+    init_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -190,6 +193,17 @@ class Spec:
             raise unknown("variant", name, list(self.variants), self.path.name)
         return self.variants[name]
 
+    def init_from(self, variant: Variant, profile: Profile) -> str | None:
+        """The variant a run of `variant` warm-starts from at this profile's scale."""
+        if variant.init_from is not None or profile.init_from is None:
+            return variant.init_from
+        root: str | None = profile.init_from
+        while root is not None:  # the profile's start point and its own parents train first
+            if root == variant.name:
+                return None
+            root = self.variants[root].init_from
+        return profile.init_from
+
     def variant_config(self, variant: Variant, profile: Profile) -> Path:
         """The config file of a variant at a profile's scale."""
         if variant.config_prefix is None:
@@ -291,7 +305,7 @@ def _profiles(reader: _Reader, config_dir: Path, spec_dir: Path) -> dict[str, Pr
     for name in reader.data:
         if not _is_dir_name(str(name)):
             raise reader.error(str(name), f"{_DIR_NAME_RULE} for a profile name, got {name!r}")
-        entry = reader.sub(str(name)).only("config", "data_root", "synth")
+        entry = reader.sub(str(name)).only("config", "data_root", "synth", "init_from")
         synth = entry.get("synth", dict, None, nullable=True)
         data_root = entry.get("data_root", str, None, nullable=True)
         if data_root is None and synth is None:
@@ -305,6 +319,7 @@ def _profiles(reader: _Reader, config_dir: Path, spec_dir: Path) -> dict[str, Pr
             if data_root is None
             else _resolve(spec_dir, data_root),
             synth=synth,
+            init_from=entry.get("init_from", str, None, nullable=True),
         )
     if not profiles:
         raise reader.error("", "at least one profile is required")
@@ -411,6 +426,13 @@ def load_spec(path: Path | None = None) -> Spec:
     if default_profile not in profiles:
         raise reader.error("profile", str(unknown("profile", default_profile, list(profiles))))
     variants = _variants(reader.sub("variants"))
+    for profile in profiles.values():
+        if profile.init_from is not None and profile.init_from not in variants:
+            raise (
+                reader.sub("profiles")
+                .sub(profile.name)
+                .error("init_from", str(unknown("variant", profile.init_from, list(variants))))
+            )
     baseline = reader.get("baseline", str, "baseline")
     if baseline not in variants:
         raise reader.error("baseline", f"{baseline!r} is not one of the variants {list(variants)}")

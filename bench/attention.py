@@ -1,6 +1,6 @@
 """Benchmark: the cross-attention with the new-AQR bias, at sizes up to nuScenes.
 
-Four ways of computing one cross-attention layer (projections included), forward
+Several ways of computing one cross-attention layer (projections included), forward
 and forward + backward, time and peak memory:
 
 - prototype: nn.MultiheadAttention with the dense bias expanded per head
@@ -10,6 +10,8 @@ and forward + backward, time and peak memory:
 - dense-shared: the same with the bias built once outside the step, as in the
   head, where one bias serves every decoder layer (its gradient still flows);
 - flex: the plugin's flex_attention score_mod (bias computed on the fly);
+- window: the plugin's exact window-sparse path (fused no-bias attention corrected
+  on each query's window keys; CPU);
 - floor: SDPA without any bias (what every ratio is relative to).
 
 Each (method, size, pass) runs in a fresh subprocess, so peak memory is that
@@ -45,7 +47,7 @@ from cmt_aqr.attention import MultiheadAttention
 
 log = logging.getLogger("bench.attention")
 
-METHODS = ("floor", "dense", "dense-shared", "flex", "prototype")
+METHODS = ("floor", "dense", "dense-shared", "flex", "window", "prototype")
 PASSES = ("forward", "forward+backward")
 RESULTS = Path(__file__).parent / "results"
 
@@ -150,7 +152,7 @@ class Case:
             return self.layer(self.query, self.memory, self.memory)
         if self.shared is not None:
             return self.layer(self.query, self.memory, self.memory, bias=_Fixed(self.shared))
-        if self.method in ("dense", "flex"):
+        if self.method in ("dense", "flex", "window"):
             return self.layer(self.query, self.memory, self.memory, bias=self._bias(self.method))
         per_head = self._bias("dense").dense().repeat_interleave(self.size.heads, dim=0)
         mask = per_head.reshape(-1, self.size.queries, self.size.tokens)

@@ -73,7 +73,7 @@ def make_runs(results_root: Path, work_root: Path, count: int) -> None:
             sweep={"param": "window_size", "value": window} if swept else None,
             overrides={"model.pts_bbox_head.aqr.window_size": window} if swept else {},
             seed=seed,
-            config=f"plugin/configs/cmt-{variant}_lc_pillar100_r18_256x128_1xb2-demo_synth-nus.py",
+            config=f"plugin/configs/cmt-{variant}_lc_pillar100_r18_128x64_1xb2-demo_synth-nus.py",
             work_dir=str(work_root / STUDY / run_id),
             status=status,
             reason={

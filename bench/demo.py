@@ -1,7 +1,8 @@
 """Benchmark: the CPU demo as a user runs it: wall time, s/iteration, mAP and NDS.
 
 Runs the main job (`aqr-exp sweep window_size`, timed like `make demo` on an
-installed stack), then the baseline at more seeds for the seed-to-seed spread,
+installed stack), then the baseline at more seeds for the seed-to-seed spread
+(each seed trains its own pretrained CMT first when the profile warm-starts),
 then `aqr-exp report`, all in the given results/work roots; writes what it
 measured from the runs' collected metrics.json. Run from the repository root:
 
@@ -61,6 +62,8 @@ def run_rows(results_root: Path) -> list[dict]:
 
 
 def spread(values: list[float]) -> str:
+    if not values:
+        return "— (n = 0)"
     if len(values) < 2:
         return f"{values[0]:.4f} (n = 1)"
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f} (n = {len(values)})"
@@ -77,6 +80,8 @@ def markdown(result: dict) -> str:
         f"(data generated in it: {result['data_generated']})",
         f"- extra baseline seeds {result['extra_seeds']}: {result['seeds_s'] / 60:.1f} min",
         f"- baseline over seeds: mAP {result['baseline_mAP']}, NDS {result['baseline_NDS']}",
+        f"- pretrained CMT (the fine-tunes' start point) over seeds: mAP "
+        f"{result['pretrained_mAP']}, NDS {result['pretrained_NDS']}",
         "",
         "| run | variant | sweep | seed | s/iter | mAP | NDS |",
         "|---|---|---|---|---|---|---|",
@@ -110,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = run_rows(results_root)
 
     baseline = [row for row in runs if row["variant"] == "baseline"]
+    pretrained = [row for row in runs if row["variant"] == "pretrained"]
     command = "python bench/demo.py " + " ".join(argv if argv is not None else sys.argv[1:])
     result = {
         "device": f"CPU ({torch.get_num_threads()} threads), torch {torch.__version__}",
@@ -120,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         "seeds_s": seeds_s,
         "baseline_mAP": spread([row["mAP"] for row in baseline]),
         "baseline_NDS": spread([row["NDS"] for row in baseline]),
+        "pretrained_mAP": spread([row["mAP"] for row in pretrained]),
+        "pretrained_NDS": spread([row["NDS"] for row in pretrained]),
         "runs": runs,
     }
     write_bench_results(args.out, result, markdown(result))

@@ -28,17 +28,22 @@ from aqr_exp.files import write_bench_results
 
 log = logging.getLogger("bench.train_step")
 
-SUFFIX = "lc_pillar100_r18_256x128_1xb2-demo_synth-nus.py"
+SUFFIX = "lc_pillar100_r18_128x64_1xb2-demo_synth-nus.py"
 VARIANTS = {
     "baseline": f"cmt_{SUFFIX}",
     "old_aqr": f"cmt-aqr-old_{SUFFIX}",
     "new_aqr": f"cmt-aqr-new_{SUFFIX}",
+    "new_aqr (dense bias)": f"cmt-aqr-new_{SUFFIX}",
 }
+# Config overrides per variant: new AQR's default (`auto`: the window path on the CPU)
+# against the dense [B, 1, Q, N] bias.
+OVERRIDES = {"new_aqr (dense bias)": {"model.pts_bbox_head.aqr.attn_impl": "dense"}}
 RESULTS = Path(__file__).parent / "results"
 
 
-def build(config: Path, work_dir: str) -> Runner:
+def build(config: Path, work_dir: str, overrides: dict | None = None) -> Runner:
     cfg = Config.fromfile(config)
+    cfg.merge_from_dict(overrides or {})
     cfg.work_dir = work_dir
     cfg.train_dataloader.num_workers = 0
     cfg.train_dataloader.persistent_workers = False
@@ -76,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as work:
         runners = {
-            name: build(paths.PLUGIN_CONFIGS / config, f"{work}/{name}")
-            for name, config in VARIANTS.items()
+            name: build(paths.PLUGIN_CONFIGS / config, f"{work}/{index}", OVERRIDES.get(name))
+            for index, (name, config) in enumerate(VARIANTS.items())
         }
         batch = next(iter(runners["baseline"].train_dataloader))
         trainers = {name: Trainer(runner, batch, 1e-4) for name, runner in runners.items()}

@@ -10,8 +10,15 @@ import torch
 from mmdet3d.structures import LiDARInstance3DBoxes
 
 from cmt_aqr.aqr.bias import BiasScale, WindowBias, WindowSpec
-from cmt_aqr.aqr.cells import MemoryLayout, QueryCells, window_offsets
+from cmt_aqr.aqr.cells import (
+    MemoryLayout,
+    QueryCells,
+    gather_tokens,
+    window_keys,
+    window_offsets,
+)
 from cmt_aqr.aqr.render import render_maps
+from cmt_aqr.aqr.weights import ModalityWeightGenerator
 from cmt_aqr.attention import MultiheadAttention
 from cmt_aqr.head import AqrCmtHead, SceneContext
 from cmt_aqr.transformer import CmtDecoderLayer
@@ -141,10 +148,6 @@ def test_dense_and_flex_agree() -> None:
     assert rel < 1e-5
 
 
-def test_auto_uses_dense_where_flex_cannot_train() -> None:
-    assert _random_bias("auto").resolve_impl(torch.zeros(1, device="cpu")) == "dense"
-
-
 def test_bias_changes_cross_attention_and_leaves_self_attention_alone() -> None:
     torch.manual_seed(0)
     layer = CmtDecoderLayer(embed_dims=16, num_heads=4, ffn_dims=32, dropout=0.0).eval()
@@ -270,3 +273,26 @@ def test_detection_loss_reaches_the_weight_generator_and_the_scale(aqr_type: str
     if aqr_type == "new":
         assert head.aqr.scale.logit.grad.abs() > 0
         assert "aqr/bias_scale" in losses
+
+
+def test_weight_generator_is_torch_multihead_attention_over_each_window() -> None:
+    """The generator projects the memory once and gathers; the reference gathers each
+    query's window first and runs its nn.MultiheadAttention on it."""
+    torch.manual_seed(0)
+    generator = ModalityWeightGenerator(16, num_heads=4, window=3).double()
+    cells = _random_bias("dense").cells
+    batch, queries = cells.bev_row.shape
+    query = torch.randn(batch, queries, 16, dtype=torch.float64)
+    memory = torch.randn(batch, LAYOUT.num_tokens, 16, dtype=torch.float64)
+    memory_pos = torch.randn(batch, LAYOUT.num_tokens, 16, dtype=torch.float64)
+    lidar_w, cam_w = generator(query, memory, memory_pos, cells, LAYOUT)
+
+    index, valid = window_keys(cells, LAYOUT, 3, 3)
+    value = gather_tokens(memory, index).flatten(0, 1)
+    key = value + gather_tokens(memory_pos, index).flatten(0, 1)
+    out, _ = generator.attn(
+        query.reshape(-1, 1, 16), key, value, key_padding_mask=~valid.flatten(0, 1)
+    )
+    expected = torch.tanh(generator.to_weights(out.view(batch, queries, 16)))
+    torch.testing.assert_close(lidar_w, expected[..., 0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(cam_w, expected[..., 1], rtol=0, atol=1e-12)

@@ -17,7 +17,7 @@ import torch
 from aqr_exp import paths
 from aqr_exp.paths import PLUGIN_CONFIGS
 
-NEW_AQR = PLUGIN_CONFIGS / "cmt-aqr-new_lc_pillar100_r18_256x128_1xb2-demo_synth-nus.py"
+NEW_AQR = PLUGIN_CONFIGS / "cmt-aqr-new_lc_pillar100_r18_128x64_1xb2-demo_synth-nus.py"
 
 
 class _RunsCommand:

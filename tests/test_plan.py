@@ -26,16 +26,20 @@ def test_dry_run_of_the_main_job_lists_runs_and_diffs_and_writes_nothing(tmp_pat
     assert result.exit_code == 0, result.output
     out = result.stdout
     table = out.split("Config diff")[0]
-    run_lines = [line for line in table.splitlines() if line.startswith(("baseline-", "new_aqr-"))]
+    prefixes = ("pretrained-", "baseline-", "new_aqr-")
+    run_lines = [line for line in table.splitlines() if line.startswith(prefixes)]
     assert [line.split()[0].rsplit("-", 1)[0] for line in run_lines] == [
+        "pretrained-s0",
         "baseline-s0",
         "new_aqr-window_size=5-s0",
         "new_aqr-window_size=8-s0",
         "new_aqr-window_size=10-s0",
         "new_aqr-window_size=15-s0",
     ]
-    assert all(" start " in line for line in run_lines)
-    assert "5 of 5 runs would start." in out
+    # the pretrained CMT first; every compared run waits to fine-tune from it
+    assert " start " in run_lines[0]
+    assert all(" wait " in line for line in run_lines[1:])
+    assert "6 of 6 runs would start." in out
     diff = out.split("Config diff")[1]
     for size in (5, 8, 10, 15):
         assert f"{AQR}.window_size: — → {size}" in diff
@@ -51,7 +55,7 @@ def test_dry_run_of_the_main_job_lists_runs_and_diffs_and_writes_nothing(tmp_pat
 def test_plan_of_the_whole_study_has_every_variant_and_sweep_value(tmp_path: Path) -> None:
     result = cli("plan", *_roots(tmp_path))
     assert result.exit_code == 0, result.output
-    assert "10 of 10 runs would start." in result.stdout
+    assert "11 of 11 runs would start." in result.stdout
     assert f"{AQR}.type: — → 'old'" in result.stdout
     assert f"{AQR}.bias_scale: — → 0.5" in result.stdout
     assert nothing_written(tmp_path)

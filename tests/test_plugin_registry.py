@@ -21,7 +21,7 @@ import cmt_aqr
 from cmt_aqr.legacy_names import LEGACY_NAMES, MMDET3D_REGISTRIES, alias_where_free
 
 CONFIGS = Path(__file__).resolve().parents[1] / "plugin" / "configs"
-DEMO = "cmt_lc_pillar100_r18_256x128_1xb2-demo_synth-nus.py"
+DEMO = "cmt_lc_pillar100_r18_128x64_1xb2-demo_synth-nus.py"
 REGISTRIES = {"MODELS": MODELS, "TASK_UTILS": TASK_UTILS, "TRANSFORMS": TRANSFORMS}
 EXPECTED = {
     "MODELS": {

@@ -293,7 +293,7 @@ SMOKE_CONFIG = (
     Path(__file__).resolve().parents[1]
     / "plugin"
     / "configs"
-    / "cmt_lc_pillar100_r18_256x128_1xb2-smoke_synth-nus.py"
+    / "cmt_lc_pillar100_r18_128x64_1xb2-smoke_synth-nus.py"
 )
 
 

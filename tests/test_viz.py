@@ -28,7 +28,7 @@ from aqr_exp.viz.weights import BUCKETS
 from cmt_aqr.aqr.cells import MemoryLayout, locate_queries
 from cmt_aqr.aqr.module import AdaptiveQueryRouting
 
-SUFFIX = "lc_pillar100_r18_256x128_1xb2-demo_synth-nus.py"
+SUFFIX = "lc_pillar100_r18_128x64_1xb2-demo_synth-nus.py"
 NEW = PLUGIN_CONFIGS / f"cmt-aqr-new_{SUFFIX}"
 OLD = PLUGIN_CONFIGS / f"cmt-aqr-old_{SUFFIX}"
 BASELINE = PLUGIN_CONFIGS / f"cmt_{SUFFIX}"

@@ -19,14 +19,16 @@ from aqr_exp.errors import AqrError
 from aqr_exp.plan import Target, plan_sweep, plan_variants, resolve_sweep
 from aqr_exp.spec import load_spec
 
-DEMO = paths.PLUGIN_CONFIGS / "cmt_lc_pillar100_r18_256x128_1xb2-demo_synth-nus.py"
+DEMO = paths.PLUGIN_CONFIGS / "cmt_lc_pillar100_r18_128x64_1xb2-demo_synth-nus.py"
 
 
-def _spec(tmp_path: Path, **init_from: str) -> Path:
-    """The toy spec with `init_from` set on the named variants."""
+def _spec(tmp_path: Path, profile_init_from: str | None = None, **init_from: str) -> Path:
+    """The toy spec with `init_from` set on the named variants (and on its profile)."""
     data = yaml.safe_load(TOY_SPEC.read_text())
     data["config_dir"] = str(TOY_SPEC.parent)
     data["profiles"]["toy"]["data_root"] = str(make_toy_data(tmp_path / "data"))
+    if profile_init_from is not None:
+        data["profiles"]["toy"]["init_from"] = profile_init_from
     for variant, parent in init_from.items():
         data["variants"].setdefault(variant, {"description": "a child"})["init_from"] = parent
     path = tmp_path / "spec.yaml"
@@ -73,6 +75,32 @@ def test_children_wait_until_their_parent_is_done(tmp_path: Path) -> None:
     assert plan.runs[0].run_id in steps[1].note
     with pytest.raises(AqrError, match=r"final checkpoint .* is missing"):
         execute.prepare(plan, plan.runs[1], fresh=False)
+
+
+def test_a_profile_init_from_warm_starts_every_other_variant(tmp_path: Path) -> None:
+    spec = load_spec(_spec(tmp_path, "slow"))
+    plan = plan_sweep(spec, resolve_sweep(spec, "window_size", None, None), _target(tmp_path))
+    start, *children = plan.runs
+    assert start.variant == "slow" and start.parent is None
+    assert [run.variant for run in children] == ["baseline", "new_aqr", "new_aqr"]
+    assert {run.parent.run_id for run in children} == {start.run_id}
+    assert {run.cfg.load_from for run in children} == {str(configs.final_checkpoint(start.cfg))}
+
+
+def test_the_profile_start_point_and_its_own_parents_train_first(tmp_path: Path) -> None:
+    spec = load_spec(_spec(tmp_path, "slow", slow="nan"))
+    plan = plan_variants(spec, ["baseline", "nan"], _target(tmp_path))
+    by_variant = {run.variant: run for run in plan.runs}
+    assert by_variant["nan"].parent is None
+    assert by_variant["slow"].parent.run_id == by_variant["nan"].run_id
+    assert by_variant["baseline"].parent.run_id == by_variant["slow"].run_id
+    assert [run.variant for run in plan.runs] == ["nan", "slow", "baseline"]
+
+
+def test_an_unknown_profile_start_point_is_refused(tmp_path: Path) -> None:
+    path = _spec(tmp_path, "pretraned")
+    with pytest.raises(AqrError, match=r"profiles\.toy\.init_from: unknown variant 'pretraned'"):
+        load_spec(path)
 
 
 @pytest.mark.parametrize(

@@ -108,7 +108,7 @@ class SynthSpec:
     """What to generate. The defaults make the CPU demo's data set."""
 
     train_scenes: int = 8
-    val_scenes: int = 2
+    val_scenes: int = 4
     samples_per_scene: int = 20
     sweeps_per_interval: int = 1  # non-key LiDAR sweeps between two key frames
     seed: int = 0

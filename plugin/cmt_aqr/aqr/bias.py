@@ -2,10 +2,12 @@
 
     softmax(q·k/√d + B[q, k]) · v,   B[q, k] = s · w(q, modality(k)) · g(k − c(q))
 
-One formula (`window_bias`) written in index arithmetic serves both
-implementations: `dense` evaluates it on the whole [Q, N] grid once and
+One formula (`window_bias`) written in index arithmetic serves every
+implementation: `dense` evaluates it on the whole [Q, N] grid once and
 broadcasts the [B, 1, Q, N] result over heads into scaled_dot_product_attention;
-`flex` evaluates it inside flex_attention's score_mod, so no [Q, N] tensor exists.
+`flex` evaluates it inside flex_attention's score_mod; `window` evaluates it on
+each query's window keys only and corrects the fused no-bias attention there
+(`window_attention`, exact, CPU). Neither of the last two builds a [Q, N] tensor.
 """
 
 from __future__ import annotations
@@ -18,9 +20,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cmt_aqr.aqr.cells import MemoryLayout, QueryCells, key_coordinates, window_offsets
+from cmt_aqr.aqr.cells import (
+    MemoryLayout,
+    QueryCells,
+    key_coordinates,
+    window_keys,
+    window_offsets,
+)
+from cmt_aqr.aqr.window_attention import window_attention
 
-IMPLEMENTATIONS = ("dense", "flex", "auto")
+IMPLEMENTATIONS = ("dense", "flex", "window", "auto")
+# `auto` on the CPU takes `window` up to this share of window keys in the memory: on the
+# demo (4,288 keys) it beat dense at windows 5-10 (<= 2.5 %) and lost at 15 (5.5 %).
+WINDOW_SHARE_MAX = 0.04
 
 
 @dataclass(frozen=True)
@@ -119,6 +131,7 @@ class WindowBias:
     ) -> None:
         if impl not in IMPLEMENTATIONS:
             raise ValueError(f"attn_impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
+        self.cells = cells
         self.query = {
             "bev_row": cells.bev_row,
             "bev_col": cells.bev_col,
@@ -134,12 +147,23 @@ class WindowBias:
         self.spec = spec
         self.impl = impl
         self._dense: Tensor | None = None
+        self._window: tuple[Tensor, Tensor, Tensor] | None = None
 
     def resolve_impl(self, q: Tensor) -> str:
-        """auto: flex where it can train (CUDA), dense otherwise."""
-        if self.impl != "auto":
-            return self.impl
-        return "flex" if q.is_cuda and _import_flex() is not None else "dense"
+        """auto: flex where it can train (CUDA); on the CPU window while the windows are
+        small next to the memory (measured: docs/window-attention.md), else dense.
+        A global scope has no window: `window` computes it densely."""
+        impl = self.impl
+        if impl == "auto":
+            if q.is_cuda:
+                impl = "flex" if _import_flex() is not None else "dense"
+            elif q.device.type == "cpu":
+                window_keys = self.spec.bev_window**2 + self.spec.cam_window**2
+                small = window_keys <= WINDOW_SHARE_MAX * self.layout.num_tokens
+                impl = "window" if small else "dense"
+            else:
+                impl = "dense"
+        return "dense" if impl == "window" and self.spec.scope == "global" else impl
 
     def dense(self) -> Tensor:
         """[B, 1, Q, N], computed once per batch and shared by all layers."""
@@ -149,6 +173,17 @@ class WindowBias:
             per_query = {name: value[..., None] for name, value in self.query.items()}
             self._dense = window_bias(per_query, keys, self.layout, self.spec, self.scale)[:, None]
         return self._dense
+
+    def window(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Each query's window keys [B, Q, W], whether they exist, and their bias values."""
+        if self._window is None:
+            index, valid = window_keys(
+                self.cells, self.layout, self.spec.bev_window, self.spec.cam_window
+            )
+            per_query = {name: value[..., None] for name, value in self.query.items()}
+            values = window_bias(per_query, index, self.layout, self.spec, self.scale)
+            self._window = index, valid, values
+        return self._window
 
     def score_mod(self):
         query, layout, spec, scale = self.query, self.layout, self.spec, self.scale
@@ -160,8 +195,12 @@ class WindowBias:
         return add_bias
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        if self.resolve_impl(q) == "dense":
+        impl = self.resolve_impl(q)
+        if impl == "dense":
             return F.scaled_dot_product_attention(q, k, v, attn_mask=self.dense().to(q.dtype))
+        if impl == "window":
+            index, valid, values = self.window()
+            return window_attention(q, k, v, values.to(q.dtype), index, valid)
         flex_attention = _import_flex()
         if flex_attention is None:
             raise RuntimeError(

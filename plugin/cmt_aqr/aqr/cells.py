@@ -120,3 +120,50 @@ def key_coordinates(index: Tensor, layout: MemoryLayout) -> tuple[Tensor, Tensor
     row = torch.where(is_bev, index // width, (cam_index % (h * w)) // w)
     col = torch.where(is_bev, index % width, cam_index % w)
     return is_bev, view, row, col
+
+
+def window_keys(
+    cells: QueryCells, layout: MemoryLayout, bev_window: int, cam_window: int
+) -> tuple[Tensor, Tensor]:
+    """Memory indices [B, Q, K] of each query's BEV window then camera window, and whether
+    each cell exists: False past a map's border (never wrapped) and for the camera cells
+    of a query no camera sees. Missing cells hold a clamped, valid index to mask out."""
+
+    def offsets(size: int) -> tuple[Tensor, Tensor]:
+        lo, hi = window_offsets(size)
+        steps = torch.arange(lo, hi + 1, device=cells.bev_row.device)
+        d_row, d_col = torch.meshgrid(steps, steps, indexing="ij")
+        return d_row.flatten(), d_col.flatten()
+
+    height, width = layout.bev_size
+    d_row, d_col = offsets(bev_window)
+    rows = cells.bev_row[..., None] + d_row
+    cols = cells.bev_col[..., None] + d_col
+    bev_ok = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+    bev_index = rows.clamp(0, height - 1) * width + cols.clamp(0, width - 1)
+
+    h, w = layout.cam_size
+    d_row, d_col = offsets(cam_window)
+    rows = cells.cam_row[..., None] + d_row
+    cols = cells.cam_col[..., None] + d_col
+    cam_ok = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w) & cells.cam_valid[..., None]
+    cam_index = (
+        layout.num_bev
+        + cells.cam_view[..., None] * (h * w)
+        + rows.clamp(0, h - 1) * w
+        + cols.clamp(0, w - 1)
+    )
+    return torch.cat((bev_index, cam_index), dim=-1), torch.cat((bev_ok, cam_ok), dim=-1)
+
+
+def gather_tokens(tokens: Tensor, index: Tensor) -> Tensor:
+    """tokens [B, N, C], index [B, Q, K] -> [B, Q, K, C]: whole rows, copied once."""
+    batch, length, dims = tokens.shape
+    rows = tokens.reshape(batch * length, dims).index_select(0, flat_token_index(index, length))
+    return rows.view(*index.shape, dims)
+
+
+def flat_token_index(index: Tensor, length: int) -> Tensor:
+    """index [B, Q, K] into per-batch memories of `length` tokens -> rows of [B * N, C]."""
+    offsets = torch.arange(index.shape[0], device=index.device)[:, None, None] * length
+    return (index + offsets).reshape(-1)

@@ -1,42 +1,23 @@
 """Per-query modality weights: how much each query should trust LiDAR vs camera.
 
 A 4-head cross-attention from each query to the memory tokens in a window
-around its BEV cell and its camera cell (the keys are gathered, so the cost is
-Q x window², not Q x N), then Linear(C -> 2) and tanh or sigmoid.
+around its BEV cell and its camera cell (keys are projected once and gathered, so
+the cost is N + Q x window², not Q x N), then Linear(C -> 2) and tanh or sigmoid.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cmt_aqr.aqr.cells import MemoryLayout, QueryCells, window_offsets
-
-
-def local_key_index(cells: QueryCells, layout: MemoryLayout, window: int) -> tuple[Tensor, Tensor]:
-    """Memory indices of each query's BEV and camera window: [B, Q, K], and validity."""
-    lo, hi = window_offsets(window)
-    offsets = torch.arange(lo, hi + 1, device=cells.bev_row.device)
-    d_row, d_col = torch.meshgrid(offsets, offsets, indexing="ij")
-    d_row, d_col = d_row.flatten(), d_col.flatten()
-
-    height, width = layout.bev_size
-    rows = cells.bev_row[..., None] + d_row
-    cols = cells.bev_col[..., None] + d_col
-    bev_ok = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
-    bev_index = rows.clamp(0, height - 1) * width + cols.clamp(0, width - 1)
-
-    h, w = layout.cam_size
-    rows = cells.cam_row[..., None] + d_row
-    cols = cells.cam_col[..., None] + d_col
-    cam_ok = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w) & cells.cam_valid[..., None]
-    cam_index = (
-        layout.num_bev
-        + cells.cam_view[..., None] * (h * w)
-        + rows.clamp(0, h - 1) * w
-        + cols.clamp(0, w - 1)
-    )
-    return torch.cat((bev_index, cam_index), dim=-1), torch.cat((bev_ok, cam_ok), dim=-1)
+from cmt_aqr.aqr.cells import (
+    MemoryLayout,
+    QueryCells,
+    gather_tokens,
+    window_keys,
+    window_offsets,
+)
 
 
 class ModalityWeightGenerator(nn.Module):
@@ -62,19 +43,22 @@ class ModalityWeightGenerator(nn.Module):
         layout: MemoryLayout,
     ) -> tuple[Tensor, Tensor]:
         """query [B, Q, C] (content + position); memory(_pos) [B, N, C] -> lidar_w, cam_w [B, Q]."""
-        batch, num_query, dims = query.shape
-        index, valid = local_key_index(cells, layout, self.window)
-        keys = index.shape[-1]
-        flat = index.reshape(batch, -1, 1).expand(-1, -1, dims)
-        value = memory.gather(1, flat).view(batch * num_query, keys, dims)
-        key = value + memory_pos.gather(1, flat).view(batch * num_query, keys, dims)
-        out, _ = self.attn(
-            query.reshape(batch * num_query, 1, dims),
-            key,
-            value,
-            key_padding_mask=~valid.view(batch * num_query, keys),
-            need_weights=False,
-        )
-        logits = self.to_weights(out.view(batch, num_query, dims))
+        batch, num_query, _ = query.shape
+        index, valid = window_keys(cells, layout, self.window, self.window)
+        # nn.MultiheadAttention's own parameters, applied to the whole memory once and
+        # then gathered: a key is projected once, not once per query window it falls in.
+        w_q, w_k, w_v = self.attn.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = self.attn.in_proj_bias.chunk(3)
+        heads = self.num_heads
+        q = F.linear(query, w_q, b_q).view(batch, num_query, 1, heads, -1)
+        key = gather_tokens(F.linear(memory + memory_pos, w_k, b_k), index)
+        value = gather_tokens(F.linear(memory, w_v, b_v), index)
+        key = key.view(*index.shape, heads, -1)
+        value = value.view(*index.shape, heads, -1)
+        logits = (q * key).sum(dim=-1) * q.shape[-1] ** -0.5  # [B, Q, K, heads]
+        logits = logits.masked_fill(~valid[..., None], float("-inf"))
+        attn = torch.softmax(logits, dim=2)
+        out = self.attn.out_proj((attn[..., None] * value).sum(dim=2).reshape(query.shape))
+        logits = self.to_weights(out)
         weights = torch.tanh(logits) if self.activation == "tanh" else torch.sigmoid(logits)
         return weights[..., 0], weights[..., 1]

@@ -1,7 +1,7 @@
 # Old AQR: per-query LiDAR/camera weights splatted into weight maps that modulate
 # the BEV and camera features (F' = F * W + r * F). Differs from the baseline only
 # in the AQR block. Sigmoid weights: the maps are clamped to [0, max_weight].
-_base_ = ['./cmt_lc_pillar100_r18_256x128_1xb2-demo_synth-nus.py']
+_base_ = ['./cmt_lc_pillar100_r18_128x64_1xb2-demo_synth-nus.py']
 
 model = dict(
     pts_bbox_head=dict(

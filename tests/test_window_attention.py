@@ -1,0 +1,177 @@
+"""The exact window-sparse attention (`attn_impl='window'`) equals the dense bias:
+outputs and every gradient, on random inputs and on the demo's real head."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from mmdet3d.registry import MODELS
+from mmdet3d.structures import LiDARInstance3DBoxes
+from mmengine.config import Config
+
+from aqr_exp import paths
+from cmt_aqr.aqr.bias import BiasScale, WindowBias, WindowSpec
+from cmt_aqr.aqr.cells import MemoryLayout, QueryCells
+from cmt_aqr.head import SceneContext
+
+LAYOUT = MemoryLayout(bev_size=(6, 8), num_views=3, cam_size=(4, 5))
+DEMO_NEW_AQR = paths.PLUGIN_CONFIGS / "cmt-aqr-new_lc_pillar100_r18_128x64_1xb2-demo_synth-nus.py"
+
+
+def _cells(batch: int, queries: int, gen: torch.Generator, camera_share: float) -> QueryCells:
+    def ints(high: int) -> torch.Tensor:
+        return torch.randint(0, high, (batch, queries), generator=gen)
+
+    return QueryCells(
+        bev_row=ints(LAYOUT.bev_size[0]),
+        bev_col=ints(LAYOUT.bev_size[1]),
+        cam_view=ints(LAYOUT.num_views),
+        cam_row=ints(LAYOUT.cam_size[0]),
+        cam_col=ints(LAYOUT.cam_size[1]),
+        cam_valid=torch.rand(batch, queries, generator=gen) < camera_share,
+        bev_pos=torch.zeros(batch, queries, 2),
+        cam_pos=torch.zeros(batch, queries, 2),
+    )
+
+
+def _attend_and_grads(impl: str, spec: WindowSpec, dtype: torch.dtype, camera_share: float):
+    """One cross-attention through WindowBias; the output and the gradients of a fixed
+    projection of it w.r.t. q, k, v, both weights and the learnable scale."""
+    gen = torch.Generator().manual_seed(0)
+    batch, heads, queries, dims = 2, 3, 11, 8
+    cells = _cells(batch, queries, gen, camera_share)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen, dtype=dtype).requires_grad_(True)
+
+    q = rand(batch, heads, queries, dims)
+    k = rand(batch, heads, LAYOUT.num_tokens, dims)
+    v = rand(batch, heads, LAYOUT.num_tokens, dims)
+    lidar_w, cam_w = rand(batch, queries), rand(batch, queries)
+    scale = BiasScale(2.5, learnable=True).to(dtype)
+    out = WindowBias(cells, lidar_w, cam_w, scale(), LAYOUT, spec, impl).attend(q, k, v)
+    probe = torch.randn(out.shape, generator=gen, dtype=dtype)
+    grads = torch.autograd.grad((out * probe).sum(), [q, k, v, lidar_w, cam_w, scale.logit])
+    return out, grads
+
+
+SPECS = {
+    "uniform": WindowSpec(3, 3),
+    "gaussian": WindowSpec(4, 3, profile="gaussian", sigma=1.3),
+    "clipped at every border": WindowSpec(15, 9),
+    "one cell": WindowSpec(1, 1),
+    "global scope": WindowSpec(3, 3, scope="global"),
+}
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+@pytest.mark.parametrize("camera_share", [0.7, 0.0], ids=["cameras", "no camera sees"])
+def test_window_equals_dense_in_float64(name: str, camera_share: float) -> None:
+    dense, dense_grads = _attend_and_grads("dense", SPECS[name], torch.float64, camera_share)
+    window, window_grads = _attend_and_grads("window", SPECS[name], torch.float64, camera_share)
+    torch.testing.assert_close(window, dense, rtol=0, atol=1e-10)
+    blind = camera_share == 0 and SPECS[name].scope == "local"
+    for index, (got, expected) in enumerate(zip(window_grads, dense_grads, strict=True)):
+        # every gradient is exercised, but a camera weight no camera window reads
+        assert (expected.abs().max() == 0) == (blind and index == 4)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+
+
+def test_window_equals_dense_in_float32() -> None:
+    dense, dense_grads = _attend_and_grads("dense", SPECS["gaussian"], torch.float32, 0.7)
+    window, window_grads = _attend_and_grads("window", SPECS["gaussian"], torch.float32, 0.7)
+    torch.testing.assert_close(window, dense, rtol=0, atol=1e-4)
+    for got, expected in zip(window_grads, dense_grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("windows", "scope", "expected"),
+    [((8, 3), "local", "window"), ((15, 3), "local", "dense"), ((8, 3), "global", "dense")],
+)
+def test_auto_on_the_cpu_takes_window_while_windows_are_small(
+    windows: tuple[int, int], scope: str, expected: str
+) -> None:
+    """The demo's memory (64² BEV + 6 × 4×8 camera cells): window 8 is 1.7 % of it,
+    window 15 5.5 %, past the 4 % where the dense bias was faster."""
+    demo = MemoryLayout(bev_size=(64, 64), num_views=6, cam_size=(4, 8))
+    cells = _cells(1, 2, torch.Generator().manual_seed(0), 1.0)
+    weights = torch.zeros(1, 2)
+    spec = WindowSpec(*windows, scope=scope)
+    bias = WindowBias(cells, weights, weights, torch.tensor(1.0), demo, spec, "auto")
+    assert bias.resolve_impl(torch.zeros(1)) == expected
+
+
+def test_window_refuses_a_device_without_its_fused_kernel() -> None:
+    gen = torch.Generator().manual_seed(0)
+    cells = _cells(1, 2, gen, 1.0)
+    weights = torch.zeros(1, 2)
+    bias = WindowBias(
+        cells, weights, weights, torch.tensor(1.0), LAYOUT, SPECS["uniform"], "window"
+    )
+    q = torch.zeros(1, 1, 2, 4, device="meta")
+    kv = torch.zeros(1, 1, LAYOUT.num_tokens, 4, device="meta")
+    with pytest.raises(RuntimeError, match="attn_impl='window' runs on the CPU"):
+        bias.attend(q, kv, kv)
+
+
+def _six_cameras() -> torch.Tensor:
+    mats = []
+    for yaw in np.deg2rad(np.arange(6) * 60.0):
+        c, s = np.cos(yaw), np.sin(yaw)
+        extrinsic = np.eye(4)
+        extrinsic[:3, :3] = np.stack([[s, -c, 0.0], [0.0, 0.0, -1.0], [c, s, 0.0]])
+        intrinsic = np.eye(4)
+        intrinsic[0, 0] = intrinsic[1, 1] = 60.0
+        intrinsic[0, 2], intrinsic[1, 2] = 64.0, 32.0
+        mats.append(intrinsic @ extrinsic)
+    return torch.tensor(np.stack(mats), dtype=torch.float32)[None]
+
+
+def test_the_demo_head_trains_the_same_with_window_and_dense() -> None:
+    """The demo's new-AQR head (its config, DN queries, window clipped at the map's
+    borders): the same losses over three AdamW steps with either implementation."""
+    head_cfg = Config.fromfile(DEMO_NEW_AQR).model.pts_bbox_head
+    scene = SceneContext(
+        lidar2img=_six_cameras(), image_size=(64, 128), bev_size=(64, 64), cam_size=(4, 8)
+    )
+    torch.manual_seed(0)
+    bev = torch.randn(1, head_cfg.in_channels, 64, 64)
+    cams = torch.randn(1, 6, head_cfg.embed_dims, 4, 8)
+    boxes = [
+        LiDARInstance3DBoxes(
+            torch.tensor(
+                [
+                    [5.0, 1.0, -1.0, 4.0, 2.0, 1.5, 0.2, 1.0, 0.0],
+                    [-30.0, 29.0, -1.0, 1, 1, 1, 0, 0, 0],
+                ]
+            ),
+            box_dim=9,
+        )
+    ]
+    labels = [torch.tensor([0, 8])]
+    torch.manual_seed(1)
+    reference = MODELS.build(copy.deepcopy(head_cfg))
+    reference.init_weights()
+    losses = {}
+    for impl in ("dense", "window"):
+        cfg = copy.deepcopy(head_cfg)
+        cfg.aqr.attn_impl = impl
+        head = MODELS.build(cfg)
+        head.load_state_dict(reference.state_dict())
+        optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3)
+        torch.manual_seed(2)  # the same denoising noise
+        history = []
+        for _ in range(3):
+            dn = head.make_denoising(boxes, labels)
+            outputs = head(bev, cams, scene, dn)
+            total = sum(v for k, v in head.loss(outputs, dn, boxes, labels).items() if "loss" in k)
+            optimizer.zero_grad()
+            total.backward()
+            optimizer.step()
+            history.append(float(total))
+        losses[impl] = history
+    assert losses["window"] == pytest.approx(losses["dense"], rel=1e-4)
