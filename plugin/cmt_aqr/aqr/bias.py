@@ -158,8 +158,8 @@ class WindowBias:
             if q.is_cuda:
                 impl = "flex" if _import_flex() is not None else "dense"
             elif q.device.type == "cpu":
-                window_keys = self.spec.bev_window**2 + self.spec.cam_window**2
-                small = window_keys <= WINDOW_SHARE_MAX * self.layout.num_tokens
+                per_query = self.spec.bev_window**2 + self.spec.cam_window**2
+                small = per_query <= WINDOW_SHARE_MAX * self.layout.num_tokens
                 impl = "window" if small else "dense"
             else:
                 impl = "dense"
