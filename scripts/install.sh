@@ -78,7 +78,9 @@ if ! "$PY" -c "import mmcv, mmcv.ops, sys; sys.exit(mmcv.__version__ != '$(pin m
     if ! ls "$CACHE_DIR"/mmcv-*.whl >/dev/null 2>&1; then
         log "building mmcv $(pin mmcv) with ops (cuda=$USE_CUDA); this takes ~7 min on 2 cores"
         mkdir -p "$CACHE_DIR"
-        BUILD_ENV=(MMCV_WITH_OPS=1 "MAX_JOBS=${MAX_JOBS:-$(nproc)}")
+        # -g0: Python's own CFLAGS carry -g, and the debug info of torch's headers doubles
+        # every file's compile time (measured 22 s -> 11 s per op file), for nothing we use.
+        BUILD_ENV=(MMCV_WITH_OPS=1 "MAX_JOBS=${MAX_JOBS:-$(nproc)}" "CFLAGS=${CFLAGS:-} -g0")
         if [[ $USE_CUDA == 1 ]]; then
             BUILD_ENV+=(FORCE_CUDA=1 "TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$ARCH}")
         fi
