@@ -10,7 +10,9 @@ import torch
 from mmdet3d.registry import MODELS
 from mmdet3d.structures import Det3DDataSample
 from mmengine.config import Config
-from mmengine.registry import init_default_scope
+from mmengine.optim import build_optim_wrapper
+from mmengine.registry import PARAM_SCHEDULERS, init_default_scope
+from torch import nn
 
 from aqr_exp.paths import PLUGIN_CONFIGS
 
@@ -54,7 +56,6 @@ def test_full_scale_configs_match_cmt_published_settings(
         8,
     )
     assert cfg.model.img_backbone.type.endswith(backbone)
-    assert cfg.optim_wrapper.optimizer.lr == pytest.approx(1.4e-4)
     assert cfg.optim_wrapper.clip_grad.max_norm == 35
     assert cfg.train_dataloader.dataset.type == "CBGSDataset"
 
@@ -117,3 +118,69 @@ def test_full_scale_sized_pillar_variant_runs_forward_at_batch_1(tmp_path: Path)
     assert tuple(img.shape) == (1, 6, 256, 20, 50)  # 6,000 camera tokens
     assert outputs.cls_logits.shape == (6, 1, 900, 10)
     assert torch.isfinite(outputs.codes).all()
+
+
+class _Parts(nn.Module):
+    """One parameter per part whose name the official paramwise_cfg keys on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.img_backbone = nn.Linear(1, 1, bias=False)
+        self.img_neck = nn.Linear(1, 1, bias=False)
+        self.pts_bbox_head = nn.Linear(1, 1, bias=False)
+
+
+def _schedule_trace(cfg: Config, epoch_length: int, at: list[int]) -> dict[int, dict]:
+    """(lr, beta1, weight decay) per part at the given iterations, as mmengine's
+    ParamSchedulerHook steps the schedulers (after every iteration)."""
+    model = _Parts()
+    names = {id(param): name.split(".")[0] for name, param in model.named_parameters()}
+    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    schedulers = [
+        PARAM_SCHEDULERS.build(s, default_args=dict(optimizer=wrapper, epoch_length=epoch_length))
+        for s in cfg.param_scheduler
+    ]
+    trace = {}
+    for step in range(max(at) + 1):
+        if step in at:
+            trace[step] = {
+                names[id(group["params"][0])]: (
+                    group["lr"],
+                    group["betas"][0],
+                    group["weight_decay"],
+                )
+                for group in wrapper.optimizer.param_groups
+            }
+        for scheduler in schedulers:
+            scheduler.step()
+    return trace
+
+
+@pytest.mark.parametrize(
+    ("name", "lr", "peak"), [(FULL_SCALE[0], 1.4e-4, 6), (FULL_SCALE[1], 1e-4, 8)]
+)
+def test_full_scale_schedule_is_cmts_cyclic_recipe(name: str, lr: float, peak: float) -> None:
+    """mmcv 1.x's cyclic targets are ratios of each group's initial value: lr x1 -> x`peak`
+    at 40 % -> x1e-4 at the end, beta1 0.9 -> 0.9 * 0.85 / 0.95 -> 0.9 (CMT's configs)."""
+    cfg = _load(name)
+    epochs, epoch_length = cfg.train_cfg.max_epochs, 100
+    total = epochs * epoch_length
+    trace = _schedule_trace(cfg, epoch_length, [0, int(0.4 * total), total])
+    assert epochs == 20
+    mults = {"img_backbone": 0.01, "img_neck": 0.1, "pts_bbox_head": 1.0}
+    expected = {
+        0: (1.0, 0.9),
+        int(0.4 * total): (peak, 0.9 * 0.85 / 0.95),
+        total: (1e-4, 0.9),
+    }
+    for step, (lr_ratio, beta1) in expected.items():
+        for part, mult in mults.items():
+            got_lr, got_beta1, _ = trace[step][part]
+            print(f"{name} {step / total:4.0%} {part:14s} lr {got_lr:.3g} beta1 {got_beta1:.4f}")
+            # At 40 % the decay phase has taken its first of 1,200 steps; at the end the last
+            # cosine step is still a few 1e-6 of the peak.
+            tolerance = dict(abs=1e-5 * lr * mult * peak) if step == total else dict(rel=1e-3)
+            assert got_lr == pytest.approx(lr * mult * lr_ratio, **tolerance), (step, part)
+            assert got_beta1 == pytest.approx(beta1, rel=1e-3), (step, part)
+    assert trace[0]["img_backbone"][2] == pytest.approx(0.05)  # decay_mult 5
+    assert trace[0]["pts_bbox_head"][2] == pytest.approx(0.01)

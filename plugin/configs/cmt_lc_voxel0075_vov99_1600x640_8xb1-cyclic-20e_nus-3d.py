@@ -59,3 +59,19 @@ test_pipeline = [
 train_dataloader = dict(batch_size=1, dataset=dict(dataset=dict(pipeline=train_pipeline)))
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
+
+# CMT's VoV-99 recipe: AdamW 1e-4 with the lr rising to 8x (R50: 1.4e-4, 6x); the rest of
+# the cyclic schedule as the R50 one (_base_/schedules/cyclic-20e.py).
+lr = 1e-4
+peak_lr_ratio = 8
+optim_wrapper = dict(optimizer=dict(lr=lr))
+param_scheduler = [
+    dict(type='CosineAnnealingLR', T_max=8, eta_min_ratio=peak_lr_ratio, begin=0, end=8,
+         by_epoch=True, convert_to_iter_based=True),
+    dict(type='CosineAnnealingLR', T_max=12, eta_min_ratio=1e-4, begin=8, end=20,
+         by_epoch=True, convert_to_iter_based=True),
+    dict(type='CosineAnnealingMomentum', T_max=8, eta_min_ratio=0.85 / 0.95, begin=0, end=8,
+         by_epoch=True, convert_to_iter_based=True),
+    dict(type='CosineAnnealingMomentum', T_max=12, eta_min_ratio=1.0, begin=8, end=20,
+         by_epoch=True, convert_to_iter_based=True),
+]
