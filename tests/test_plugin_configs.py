@@ -184,3 +184,18 @@ def test_full_scale_schedule_is_cmts_cyclic_recipe(name: str, lr: float, peak: f
             assert got_beta1 == pytest.approx(beta1, rel=1e-3), (step, part)
     assert trace[0]["img_backbone"][2] == pytest.approx(0.05)  # decay_mult 5
     assert trace[0]["pts_bbox_head"][2] == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("name", FULL_SCALE)
+def test_full_scale_augmentations_are_cmts(name: str) -> None:
+    """GlobalRotScaleTransAll, CustomRandomFlip3D and ModalMask3D of CMT's configs."""
+    cfg = _load(name)
+    steps = {step["type"]: step for step in cfg.train_dataloader.dataset.dataset.pipeline}
+    rot_scale = steps["CmtGlobalRotScaleTrans"]
+    assert rot_scale.rot_range == pytest.approx([-0.3925 * 2, 0.3925 * 2], abs=1e-3)
+    assert rot_scale.scale_ratio_range == [0.9, 1.1]
+    assert rot_scale.translation_std == [0.5, 0.5, 0.5]
+    flip = steps["CmtBEVFlip"]
+    assert (flip.flip_ratio_horizontal, flip.flip_ratio_vertical) == (0.5, 0.5)
+    mask = steps["CmtModalityMask"]
+    assert (mask.camera_prob, mask.lidar_prob) == (0.25, 0.25)
