@@ -267,10 +267,15 @@ def test_image_augmentation_moves_projections_with_the_pixels() -> None:
     results = CmtComposeLidar2Img()(_camera_results())
     point = np.array([10.0, 1.0, 0.5])
     before = _project(results, point)
-    aug = CmtImageAug(final_size=(40, 64), resize_lim=(0.5, 0.5), training=False)
+    # At test time CMT resizes by max(45 / 90, 64 / 160) = 0.5, whatever resize_lim says.
+    aug = CmtImageAug(final_size=(45, 64), resize_lim=(0.9, 1.1), training=False)
     after = _project(CmtComposeLidar2Img()(aug(_camera_results())), point)
-    # resized by 0.5 (80x45), bottom crop of 5 rows, centered crop of 16 columns
-    assert np.allclose(after, before * 0.5 - np.array([8.0, 5.0]), atol=1e-6)
+    # resized by 0.5 (80x45), no row cropped, centered crop of 16 columns
+    assert np.allclose(after, before * 0.5 - np.array([8.0, 0.0]), atol=1e-6)
+    aug = CmtImageAug(final_size=(40, 64), resize_lim=(0.9, 1.1), training=False)
+    after = _project(CmtComposeLidar2Img()(aug(_camera_results())), point)
+    # resized by max(40 / 90, 0.4) = 4 / 9 (71x40), centered crop of 7 // 2 = 3 columns
+    assert np.allclose(after, before * 4 / 9 - np.array([3.0, 0.0]), atol=1e-4)
 
 
 def test_global_augmentation_keeps_points_on_their_pixels() -> None:

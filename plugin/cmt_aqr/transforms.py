@@ -77,9 +77,9 @@ class CmtBEVFlip(BaseTransform):
 class CmtImageAug(BaseTransform):
     """Per-view resize, crop and horizontal flip that update `cam2img`.
 
-    final_size: (H, W) of the output images; resize_lim: scale range (train)
-    whose mean is used at test time; bottom_crop: the crop keeps the bottom of
-    the image (the road), as CMT does.
+    final_size: (H, W) of the output images; resize_lim: scale range (train); at
+    test time the scale is max(H / height, W / width), as CMT's; the crop keeps the
+    bottom of the image (the road), as CMT does.
     """
 
     def __init__(
@@ -100,7 +100,8 @@ class CmtImageAug(BaseTransform):
         if self.training:
             scale = float(np.random.uniform(*self.resize_lim))
         else:
-            scale = float(np.mean(self.resize_lim))
+            # CMT's test resize: the smallest scale at which the image covers the output.
+            scale = max(final_h / height, final_w / width)
         new_w, new_h = round(width * scale), round(height * scale)
         crop_top = max(0, new_h - final_h)
         max_left = max(0, new_w - final_w)
