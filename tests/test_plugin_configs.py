@@ -135,7 +135,9 @@ def _schedule_trace(cfg: Config, epoch_length: int, at: list[int]) -> dict[int, 
     ParamSchedulerHook steps the schedulers (after every iteration)."""
     model = _Parts()
     names = {id(param): name.split(".")[0] for name, param in model.named_parameters()}
-    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    # The same optimizer and parameter groups without AMP's loss scaler, which needs a GPU.
+    plain = {key: value for key, value in cfg.optim_wrapper.items() if key != "loss_scale"}
+    wrapper = build_optim_wrapper(model, {**plain, "type": "OptimWrapper"})
     schedulers = [
         PARAM_SCHEDULERS.build(s, default_args=dict(optimizer=wrapper, epoch_length=epoch_length))
         for s in cfg.param_scheduler
@@ -183,6 +185,8 @@ def test_full_scale_schedule_is_cmts_cyclic_recipe(name: str, lr: float, peak: f
             assert got_lr == pytest.approx(lr * mult * lr_ratio, **tolerance), (step, part)
             assert got_beta1 == pytest.approx(beta1, rel=1e-3), (step, part)
     assert trace[0]["img_backbone"][2] == pytest.approx(0.05)  # decay_mult 5
+    assert (cfg.optim_wrapper.type, cfg.optim_wrapper.loss_scale) == ("AmpOptimWrapper", "dynamic")
+    assert cfg.model.fp32_modules == ["pts_voxel_encoder", "pts_middle_encoder", "pts_bbox_head"]
     assert trace[0]["pts_bbox_head"][2] == pytest.approx(0.01)
 
 
@@ -199,3 +203,53 @@ def test_full_scale_augmentations_are_cmts(name: str) -> None:
     assert (flip.flip_ratio_horizontal, flip.flip_ratio_vertical) == (0.5, 0.5)
     mask = steps["CmtModalityMask"]
     assert (mask.camera_prob, mask.lidar_prob) == (0.25, 0.25)
+
+
+def _demo_batch(model: nn.Module, cfg: Config) -> dict:
+    height, width = cfg.image_size
+    points = torch.rand(4000, 5) * torch.tensor([60.0, 60.0, 6.0, 1.0, 0.0]) - torch.tensor(
+        [30.0, 30.0, 4.0, 0, 0]
+    )
+    sample = Det3DDataSample(metainfo={"lidar2img": _lidar2img(6, width, height)})
+    data = {
+        "inputs": {
+            "points": [points],
+            "img": [torch.randint(0, 255, (6, 3, height, width), dtype=torch.uint8)],
+        },
+        "data_samples": [sample],
+    }
+    return model.data_preprocessor(data, False)
+
+
+@pytest.mark.parametrize("fp32_modules", [(), ("pts_voxel_encoder", "pts_bbox_head")])
+def test_fp32_modules_run_in_float32_under_autocast(fp32_modules: tuple[str, ...]) -> None:
+    """CMT's custom_fp16: under mixed precision (here the CPU's bfloat16 autocast) the
+    listed parts compute in float32, the others in the low precision."""
+    cfg = _load("cmt_lc_pillar100_r18_128x64_1xb2-demo_synth-nus.py")
+    cfg.model.fp32_modules = fp32_modules
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    model.eval()
+    dtypes = {}
+    for part in ("img_neck", "pts_voxel_encoder", "pts_backbone"):
+        getattr(model, part).register_forward_hook(
+            lambda module, args, out, part=part: dtypes.__setitem__(
+                part, (out[0] if isinstance(out, (list, tuple)) else out).dtype
+            )
+        )
+    batch = _demo_batch(model, cfg)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = model(batch["inputs"], batch["data_samples"], mode="tensor")
+    low = torch.bfloat16
+    assert dtypes["img_neck"] == low
+    assert dtypes["pts_backbone"] == low
+    assert dtypes["pts_voxel_encoder"] == (torch.float32 if fp32_modules else low)
+    assert outputs.cls_logits.dtype == (torch.float32 if fp32_modules else low)
+    assert torch.isfinite(outputs.codes.float()).all()
+
+
+def test_fp32_modules_must_name_a_part() -> None:
+    cfg = _load("cmt_lc_pillar100_r18_128x64_1xb2-demo_synth-nus.py")
+    cfg.model.fp32_modules = ["pts_bbox_haed"]
+    with pytest.raises(ValueError, match="pts_bbox_haed"):
+        MODELS.build(cfg.model)

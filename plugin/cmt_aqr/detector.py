@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import numpy as np
 import torch
 from mmdet3d.models.detectors import Base3DDetector
@@ -35,6 +38,10 @@ class AqrCmtDetector(Base3DDetector):
     camera branch is backbone → neck, and only the first (stride-16) level is
     used. Images arrive as [B, V, 3, H, W] from Det3DDataPreprocessor. With
     `use_grid_mask` (CMT: on), training images go through GridMask.
+
+    `fp32_modules`: parts that run in float32 under mixed precision (autocast), their
+    floating inputs cast up, as CMT's `custom_fp16` keeps its voxel encoder, middle
+    encoder and head (box regression, matching and losses) in fp32.
     """
 
     def __init__(
@@ -47,6 +54,7 @@ class AqrCmtDetector(Base3DDetector):
         img_neck: dict,
         pts_bbox_head: dict,
         use_grid_mask: bool = False,
+        fp32_modules: Sequence[str] = (),
         data_preprocessor: dict | None = None,
         train_cfg: dict | None = None,
         test_cfg: dict | None = None,
@@ -61,6 +69,10 @@ class AqrCmtDetector(Base3DDetector):
         self.img_neck = MODELS.build(img_neck)
         self.pts_bbox_head = MODELS.build(pts_bbox_head)
         self.grid_mask = GridMask() if use_grid_mask else None
+        for name in fp32_modules:
+            if not isinstance(getattr(self, name, None), torch.nn.Module):
+                raise ValueError(f"fp32_modules: {name!r} is not a part of the detector")
+        self.fp32_modules = tuple(fp32_modules)
         self._register_load_state_dict_pre_hook(self._convert_sparse_kernels, with_module=False)
 
     def _convert_sparse_kernels(self, state_dict: dict, prefix: str, *args) -> None:
@@ -79,9 +91,29 @@ class AqrCmtDetector(Base3DDetector):
                 logger="current",
             )
 
+    def _call(self, part: str, fn: Callable, *args: Any) -> Any:
+        """fn(*args), in float32 with autocast off when `part` is one of fp32_modules and
+        autocast is on."""
+        device = next(self.parameters()).device.type
+        if part not in self.fp32_modules or not torch.is_autocast_enabled(device):
+            return fn(*args)
+        args = tuple(
+            a.float() if isinstance(a, Tensor) and a.is_floating_point() else a for a in args
+        )
+        with torch.autocast(device_type=device, enabled=False):
+            return fn(*args)
+
     def extract_pts_feat(self, voxels: dict, batch_size: int) -> Tensor:
-        features = self.pts_voxel_encoder(voxels["voxels"], voxels["num_points"], voxels["coors"])
-        bev = self.pts_middle_encoder(features, voxels["coors"], batch_size)
+        features = self._call(
+            "pts_voxel_encoder",
+            self.pts_voxel_encoder,
+            voxels["voxels"],
+            voxels["num_points"],
+            voxels["coors"],
+        )
+        bev = self._call(
+            "pts_middle_encoder", self.pts_middle_encoder, features, voxels["coors"], batch_size
+        )
         neck_out = self.pts_neck(self.pts_backbone(bev))
         return neck_out[0] if isinstance(neck_out, (list, tuple)) else neck_out
 
@@ -110,7 +142,7 @@ class AqrCmtDetector(Base3DDetector):
             bev_size=tuple(bev.shape[-2:]),
             cam_size=tuple(img_feats.shape[-2:]),
         )
-        return self.pts_bbox_head(bev, img_feats, ctx, dn)
+        return self._call("pts_bbox_head", self.pts_bbox_head, bev, img_feats, ctx, dn)
 
     def loss(self, batch_inputs_dict: dict, batch_data_samples: list[Det3DDataSample]) -> dict:
         gt_boxes, gt_labels = [], []
@@ -121,13 +153,15 @@ class AqrCmtDetector(Base3DDetector):
             gt_labels.append(gt.labels_3d[keep])
         dn = self.pts_bbox_head.make_denoising(gt_boxes, gt_labels)
         outputs = self._forward_head(batch_inputs_dict, batch_data_samples, dn)
-        return self.pts_bbox_head.loss(outputs, dn, gt_boxes, gt_labels)
+        return self._call(
+            "pts_bbox_head", self.pts_bbox_head.loss, outputs, dn, gt_boxes, gt_labels
+        )
 
     def predict(
         self, batch_inputs_dict: dict, batch_data_samples: list[Det3DDataSample], **kwargs
     ) -> list[Det3DDataSample]:
         outputs = self._forward_head(batch_inputs_dict, batch_data_samples)
-        results = self.pts_bbox_head.predict(outputs)
+        results = self._call("pts_bbox_head", self.pts_bbox_head.predict, outputs)
         return self.add_pred_to_datasample(batch_data_samples, results)
 
     def _forward(

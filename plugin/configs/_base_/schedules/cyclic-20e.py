@@ -4,10 +4,13 @@
 # step_ratio_up 0.4. Those targets are ratios of each parameter group's own initial value,
 # which mmengine's eta_min_ratio expresses: lr rises to 6x over epochs 0-8 and falls to
 # 1e-4x by epoch 20; Adam's beta1 goes 0.9 -> 0.9 * 0.85 / 0.95 -> 0.9 alongside.
+# Mixed precision with a dynamic loss scale, as CMT's fp16 hook (GPU only); the model's
+# fp32_modules stay in float32.
 lr = 1.4e-4
 peak_lr_ratio = 6
 optim_wrapper = dict(
-    type='OptimWrapper',
+    type='AmpOptimWrapper',
+    loss_scale='dynamic',
     optimizer=dict(type='AdamW', lr=lr, weight_decay=0.01),
     paramwise_cfg=dict(custom_keys={
         'img_backbone': dict(lr_mult=0.01, decay_mult=5),
