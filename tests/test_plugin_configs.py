@@ -203,6 +203,9 @@ def test_full_scale_augmentations_are_cmts(name: str) -> None:
     assert (flip.flip_ratio_horizontal, flip.flip_ratio_vertical) == (0.5, 0.5)
     mask = steps["CmtModalityMask"]
     assert (mask.camera_prob, mask.lidar_prob) == (0.25, 0.25)
+    test_steps = {step["type"]: step for step in cfg.test_dataloader.dataset.pipeline}
+    for pipeline in (steps, test_steps):
+        assert pipeline["LoadPointsFromMultiSweeps"].sweeps_num == 10
 
 
 def _demo_batch(model: nn.Module, cfg: Config) -> dict:

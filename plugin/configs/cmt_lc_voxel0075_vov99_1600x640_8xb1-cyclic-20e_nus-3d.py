@@ -19,7 +19,7 @@ model = dict(
     pts_bbox_head=dict(point_cloud_range=point_cloud_range))
 
 backend_args = None
-sweeps_num = 9
+sweeps_num = 10  # as CMT
 class_names = {{_base_.class_names}}
 
 train_pipeline = [

@@ -18,7 +18,7 @@ post_center_range = [-61.2, -61.2, -10.0, 61.2, 61.2, 10.0]
 voxel_size = [0.1, 0.1, 0.2]
 image_size = (320, 800)  # (H, W) fed to the image backbone
 resize_lim = (0.47, 0.625)  # from the 1600x900 originals
-sweeps_num = 9
+sweeps_num = 10  # non-key sweeps besides the key frame, as CMT (mmdet3d 1.x configs use 9)
 input_modality = dict(use_lidar=True, use_camera=True)
 backend_args = None
 camera_prefixes = dict(
