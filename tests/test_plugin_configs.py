@@ -56,6 +56,10 @@ def test_full_scale_configs_match_cmt_published_settings(
         8,
     )
     assert cfg.model.img_backbone.type.endswith(backbone)
+    assert cfg.model.img_backbone.norm_eval is True
+    if backbone == "ResNet":  # CMT's: pytorch style, BN affine trainable, statistics frozen
+        assert cfg.model.img_backbone.style == "pytorch"
+        assert cfg.model.img_backbone.norm_cfg.requires_grad is True
     assert cfg.optim_wrapper.clip_grad.max_norm == 35
     assert cfg.train_dataloader.dataset.type == "CBGSDataset"
 

@@ -56,7 +56,7 @@ model = dict(
         upsample_cfg=dict(type='deconv', bias=False), use_conv_for_no_stride=True),
     img_backbone=dict(
         type='mmdet.ResNet', depth=50, num_stages=4, out_indices=(2, 3), frozen_stages=-1,
-        norm_cfg=dict(type='BN2d', requires_grad=False), norm_eval=True, style='caffe',
+        norm_cfg=dict(type='BN2d', requires_grad=True), norm_eval=True, style='pytorch',
         with_cp=True),
     img_neck=dict(type='CmtCPFPN', in_channels=[1024, 2048], out_channels=256),
     pts_bbox_head=dict(
