@@ -311,3 +311,31 @@ def test_bev_flip_keeps_points_on_their_pixels(direction: str) -> None:
     moved = results["points"].tensor[0, :3].numpy()
     assert results[f"pcd_{direction}_flip"]
     assert np.allclose(_project(results, moved), before, atol=1e-4)
+
+
+@pytest.mark.parametrize("per_sample", [True, False])
+def test_image_augmentation_draws_once_per_sample_as_cmt(per_sample: bool) -> None:
+    np.random.seed(0)
+    views = 6
+    results = {
+        "img": [np.full((90, 160, 3), 10 * v, np.uint8) for v in range(views)],
+        "cam2img": [np.eye(3)] * views,
+        "lidar2cam": [np.eye(4)] * views,
+    }
+    aug = CmtImageAug(
+        final_size=(40, 64), resize_lim=(0.5, 0.9), flip=True, training=True, per_sample=per_sample
+    )
+    posts = aug(results)["cam2img"]
+    distinct = {tuple(np.round(post, 9).ravel()) for post in posts}
+    # One draw: every view resized, cropped and flipped alike; per view: 6 different draws.
+    assert len(distinct) == (1 if per_sample else views)
+
+
+def test_image_augmentation_per_sample_needs_views_of_one_size() -> None:
+    results = {
+        "img": [np.zeros((90, 160, 3), np.uint8), np.zeros((80, 160, 3), np.uint8)],
+        "cam2img": [np.eye(3)] * 2,
+        "lidar2cam": [np.eye(4)] * 2,
+    }
+    with pytest.raises(ValueError, match=r"\(90, 160\) and \(80, 160\)"):
+        CmtImageAug(final_size=(40, 64), resize_lim=(0.5, 0.9))(results)

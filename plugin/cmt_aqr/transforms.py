@@ -75,11 +75,12 @@ class CmtBEVFlip(BaseTransform):
 
 @TRANSFORMS.register_module()
 class CmtImageAug(BaseTransform):
-    """Per-view resize, crop and horizontal flip that update `cam2img`.
+    """Resize, crop and horizontal flip of every view that update `cam2img`.
 
     final_size: (H, W) of the output images; resize_lim: scale range (train); at
     test time the scale is max(H / height, W / width), as CMT's; the crop keeps the
-    bottom of the image (the road), as CMT does.
+    bottom of the image (the road), as CMT does. per_sample: one draw for all views of
+    a sample, as CMT's ResizeCropFlipImage (views of one size); False draws per view.
     """
 
     def __init__(
@@ -88,11 +89,13 @@ class CmtImageAug(BaseTransform):
         resize_lim: tuple[float, float],
         flip: bool = False,
         training: bool = True,
+        per_sample: bool = True,
     ) -> None:
         self.final_size = tuple(final_size)
         self.resize_lim = tuple(resize_lim)
         self.flip = flip
         self.training = training
+        self.per_sample = per_sample
 
     def _sample(self, height: int, width: int) -> tuple[float, int, int, int, int, bool]:
         """(scale, resized width, resized height, crop left, crop top, flip)."""
@@ -112,9 +115,20 @@ class CmtImageAug(BaseTransform):
     def transform(self, results: dict) -> dict:
         final_h, final_w = self.final_size
         images, cam2imgs = [], []
+        shared = None
         for img, cam2img in zip(results["img"], results["cam2img"], strict=True):
             height, width = img.shape[:2]
-            scale, new_w, new_h, left, top, flip = self._sample(height, width)
+            if self.per_sample and shared is not None:
+                if shared[0] != (height, width):
+                    raise ValueError(
+                        f"CmtImageAug(per_sample=True) needs views of one size, got "
+                        f"{shared[0]} and {(height, width)}"
+                    )
+                draw = shared[1]
+            else:
+                draw = self._sample(height, width)
+                shared = (height, width), draw
+            scale, new_w, new_h, left, top, flip = draw
             pil = Image.fromarray(img).resize((new_w, new_h), Image.BILINEAR)
             pil = pil.crop((left, top, left + final_w, top + final_h))
             if flip:
