@@ -78,6 +78,22 @@ def _lidar2img(num_views: int, width: int, height: int) -> np.ndarray:
     return np.stack(mats)
 
 
+def _random_batch(model: nn.Module, cfg: Config, num_points: int, half_range: float) -> dict:
+    """One preprocessed sample: random points within ±half_range m and 6 random images."""
+    height, width = cfg.image_size
+    scale = torch.tensor([2 * half_range, 2 * half_range, 6.0, 1.0, 0.0])
+    points = torch.rand(num_points, 5) * scale - torch.tensor([half_range, half_range, 4.0, 0, 0])
+    sample = Det3DDataSample(metainfo={"lidar2img": _lidar2img(6, width, height)})
+    data = {
+        "inputs": {
+            "points": [points],
+            "img": [torch.randint(0, 255, (6, 3, height, width), dtype=torch.uint8)],
+        },
+        "data_samples": [sample],
+    }
+    return model.data_preprocessor(data, False)
+
+
 @pytest.mark.slow
 def test_full_scale_sized_pillar_variant_runs_forward_at_batch_1(tmp_path: Path) -> None:
     """The R50 800x320 config with its LiDAR branch swapped for pillars (mmcv has no
@@ -102,20 +118,8 @@ def test_full_scale_sized_pillar_variant_runs_forward_at_batch_1(tmp_path: Path)
     model = MODELS.build(cfg.model)
     model.init_weights()
     model.eval()
-    height, width = cfg.image_size
-    points = torch.rand(30000, 5) * torch.tensor([100.0, 100.0, 6.0, 1.0, 0.0]) - torch.tensor(
-        [50.0, 50.0, 4.0, 0, 0]
-    )
-    sample = Det3DDataSample(metainfo={"lidar2img": _lidar2img(6, width, height)})
-    data = {
-        "inputs": {
-            "points": [points],
-            "img": [torch.randint(0, 255, (6, 3, height, width), dtype=torch.uint8)],
-        },
-        "data_samples": [sample],
-    }
     with torch.no_grad():
-        batch = model.data_preprocessor(data, False)
+        batch = _random_batch(model, cfg, num_points=30000, half_range=50.0)
         outputs = model(batch["inputs"], batch["data_samples"], mode="tensor")
         bev, img = model.extract_feat(batch["inputs"], batch["data_samples"])
     assert tuple(bev.shape[-2:]) == (128, 128)  # 16,384 BEV tokens
@@ -212,22 +216,6 @@ def test_full_scale_augmentations_are_cmts(name: str) -> None:
         assert pipeline["LoadPointsFromMultiSweeps"].sweeps_num == 10
 
 
-def _demo_batch(model: nn.Module, cfg: Config) -> dict:
-    height, width = cfg.image_size
-    points = torch.rand(4000, 5) * torch.tensor([60.0, 60.0, 6.0, 1.0, 0.0]) - torch.tensor(
-        [30.0, 30.0, 4.0, 0, 0]
-    )
-    sample = Det3DDataSample(metainfo={"lidar2img": _lidar2img(6, width, height)})
-    data = {
-        "inputs": {
-            "points": [points],
-            "img": [torch.randint(0, 255, (6, 3, height, width), dtype=torch.uint8)],
-        },
-        "data_samples": [sample],
-    }
-    return model.data_preprocessor(data, False)
-
-
 @pytest.mark.parametrize("fp32_modules", [(), ("pts_voxel_encoder", "pts_bbox_head")])
 def test_fp32_modules_run_in_float32_under_autocast(fp32_modules: tuple[str, ...]) -> None:
     """CMT's custom_fp16: under mixed precision (here the CPU's bfloat16 autocast) the
@@ -244,7 +232,7 @@ def test_fp32_modules_run_in_float32_under_autocast(fp32_modules: tuple[str, ...
                 part, (out[0] if isinstance(out, (list, tuple)) else out).dtype
             )
         )
-    batch = _demo_batch(model, cfg)
+    batch = _random_batch(model, cfg, num_points=4000, half_range=30.0)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         outputs = model(batch["inputs"], batch["data_samples"], mode="tensor")
     low = torch.bfloat16
