@@ -322,6 +322,60 @@ def final_checkpoint(cfg: Config) -> Path:
     return Path(cfg.work_dir) / f"{unit}_{count}.pth"
 
 
+# Initializers that load weights from a file (the plugin's and mmengine's own).
+PRETRAINED_INITS = frozenset({"CmtPretrainedBackbone", "Pretrained"})
+
+
+def _is_pretrained(init: Any) -> bool:
+    return isinstance(init, Mapping) and init.get("type") in PRETRAINED_INITS
+
+
+def _init_owners(value: Any, key: str) -> Iterator[tuple[str, Any]]:
+    """(key, module dict) of every part of the model whose init_cfg loads a file."""
+    if isinstance(value, Mapping):
+        init = value.get("init_cfg")
+        if any(_is_pretrained(item) for item in (init if isinstance(init, list) else [init])):
+            yield key, value
+        for name, child in value.items():
+            yield from _init_owners(child, f"{key}.{name}")
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            yield from _init_owners(child, f"{key}[{index}]")
+
+
+def pretrained_files(cfg: Config) -> list[tuple[str, str]]:
+    """(config key, local file) of every weight file the model's init_cfgs load."""
+    found = []
+    for key, owner in _init_owners(cfg.get("model") or {}, "model"):
+        init = owner["init_cfg"]
+        for item in init if isinstance(init, list) else [init]:
+            path = str(item.get("checkpoint", "")) if _is_pretrained(item) else ""
+            if path and "://" not in path:
+                found.append((f"{key}.init_cfg.checkpoint", path))
+    return found
+
+
+def drop_pretrained_inits(cfg: Config) -> None:
+    """Train without the pretrained inits: `load_from` or a resume replaces every weight
+    they would load, so their files need not exist."""
+    for _, owner in list(_init_owners(cfg.get("model") or {}, "model")):
+        init = owner["init_cfg"]
+        items = init if isinstance(init, list) else [init]
+        owner["init_cfg"] = [item for item in items if not _is_pretrained(item)] or None
+
+
+def check_pretrained_files(cfg: Config, where: str) -> None:
+    """A training that starts from pretrained weights needs their files before it starts."""
+    missing = [(key, path) for key, path in pretrained_files(cfg) if not Path(path).is_file()]
+    if missing:
+        listed = "; ".join(f"{path} ({key})" for key, path in missing)
+        raise AqrError(
+            f"{Path(cfg.filename).name} starts from pretrained weights that are missing: "
+            f"{listed} ({where}); the README's full-scale section says where to get them, "
+            "or set load_from to a trained checkpoint"
+        )
+
+
 def config_hash(cfg: Config) -> str:
     """A short content hash of a loaded config (its `_base_` files included)."""
     text = json.dumps(cfg.to_dict(), sort_keys=True, default=repr)

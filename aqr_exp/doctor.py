@@ -8,8 +8,13 @@ import platform
 import shutil
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
+from aqr_exp import configs
+from aqr_exp.data.check import INFO_SPLITS
 from aqr_exp.paths import pinned_versions
+from aqr_exp.plan import Target, plan_variants
+from aqr_exp.spec import Spec
 
 INSTALL_FIX = "run `make install` (scripts/install.sh) from the repository root"
 
@@ -107,6 +112,7 @@ def check_plugin() -> Check:
         registry.TASK_UTILS,
         registry.HOOKS,
         registry.METRICS,
+        registry.WEIGHT_INITIALIZERS,
     ]
     missing = [
         name for name in plugin.__all__ if not any(reg.get(name) is not None for reg in registries)
@@ -134,6 +140,48 @@ def run_checks() -> list[Check]:
         checks.append(check_pinned(dist, module, pins))
     checks.append(check_mmcv_ops())
     checks.append(check_plugin())
+    return checks
+
+
+def check_profile(spec: Spec, profile: str | None, data_root: Path | None) -> list[Check]:
+    """What a profile's runs need besides the stack: its data root with the info files,
+    and the pretrained weights its configs start from (runs with `load_from` need none)."""
+    names = [variant.name for variant in spec.variants_at(spec.profile(profile))]
+    target = Target(profile=profile, data_root=data_root, check_data=False)
+    plan = plan_variants(spec, names, target)
+    root, name = plan.data_root, f"data ({plan.profile.name})"
+    prepare = f"`aqr-exp data prepare nuscenes --root {root}`"
+    if not root.is_dir():
+        checks = [
+            Check(name, True, f"{root} absent: generated on the first run")
+            if plan.generate_data or plan.profile.synth is not None
+            else Check(
+                name,
+                False,
+                f"{root} does not exist",
+                f"put nuScenes (or CMT's info files) there, or pass --data-root; then {prepare}",
+            )
+        ]
+    else:
+        infos = [f"nuscenes_infos_{split}.pkl" for split in INFO_SPLITS]
+        missing = [info for info in infos if not (root / info).is_file()]
+        checks = [
+            Check(name, not missing, f"{root}: no {', '.join(missing)}", prepare)
+            if missing
+            else Check(name, True, f"{root} with {', '.join(infos)}")
+        ]
+    weights = {path: key for run in plan.runs for key, path in configs.pretrained_files(run.cfg)}
+    for path, key in sorted(weights.items()):
+        where = importlib.import_module("cmt_aqr.pretrained").WHERE_USERS_GET_THEM
+        found = Path(path).is_file()
+        checks.append(
+            Check(
+                "pretrained weights",
+                found,
+                f"{path} ({key})" + ("" if found else ": missing"),
+                where,
+            )
+        )
     return checks
 
 

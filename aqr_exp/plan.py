@@ -193,6 +193,7 @@ class _Builder:
         return self._loaded[variant.name]
 
     def run(self, variant: Variant, seed: int, sweep: SweepPoint | None = None) -> Run:
+        self.spec.variant_at(variant.name, self.profile)
         base_cfg, source_hash = self.variant_config(variant)
         cfg = configs.clone(base_cfg)
         overrides = dict(variant.overrides)
@@ -228,6 +229,8 @@ class _Builder:
         )
         if parent is not None:
             cfg.load_from = str(configs.final_checkpoint(parent.cfg))
+        if cfg.get("load_from"):
+            configs.drop_pretrained_inits(cfg)
         return Run(
             run_id=run_id,
             study=self.study,
@@ -249,6 +252,8 @@ class _Builder:
     def plan(self, runs: list[Run], title: str) -> Plan:
         baseline = self.run(self.spec.variant(self.spec.baseline), self.seeds[0])
         unique = with_parents(runs)
+        for run in unique if self.target.check_data else []:
+            configs.check_pretrained_files(run.cfg, f"variant {run.variant}")
         return Plan(
             spec=self.spec,
             study=self.study,
@@ -304,9 +309,10 @@ def _check_sweep_key(builder: _Builder, sweep: Sweep) -> None:
     if configs.has_key(cfg, sweep.key):
         return
     elsewhere = [
-        name
-        for name, variant in builder.spec.variants.items()
-        if name != sweep.variant and configs.has_key(builder.variant_config(variant)[0], sweep.key)
+        variant.name
+        for variant in builder.spec.variants_at(builder.profile)
+        if variant.name != sweep.variant
+        and configs.has_key(builder.variant_config(variant)[0], sweep.key)
     ]
     if elsewhere:
         raise AqrError(
@@ -332,7 +338,9 @@ def plan_study(spec: Spec, target: Target) -> Plan:
     """Everything the spec defines: every variant and every named sweep."""
     builder = _Builder(spec, target)
     runs = [
-        builder.run(variant, seed) for variant in spec.variants.values() for seed in builder.seeds
+        builder.run(variant, seed)
+        for variant in spec.variants_at(builder.profile)
+        for seed in builder.seeds
     ]
     for sweep in spec.sweeps.values():
         _check_sweep_key(builder, sweep)

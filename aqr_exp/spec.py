@@ -46,6 +46,12 @@ class Variant:
     overrides: Mapping[str, Any]
     # Warm start: train from the final checkpoint of this variant's run (same seed).
     init_from: str | None = None
+    # The profiles this variant exists at (None: every one), e.g. the demo's stand-in for
+    # CMT's trained checkpoint, which full-scale studies load instead.
+    profiles: tuple[str, ...] | None = None
+
+    def exists_at(self, profile: Profile) -> bool:
+        return self.profiles is None or profile.name in self.profiles
 
 
 @dataclass(frozen=True)
@@ -193,6 +199,19 @@ class Spec:
             raise unknown("variant", name, list(self.variants), self.path.name)
         return self.variants[name]
 
+    def variants_at(self, profile: Profile) -> list[Variant]:
+        """The variants a study at this profile's scale has."""
+        return [variant for variant in self.variants.values() if variant.exists_at(profile)]
+
+    def variant_at(self, name: str, profile: Profile) -> Variant:
+        variant = self.variant(name)
+        if not variant.exists_at(profile):
+            raise AqrError(
+                f"variant {name!r} of {self.path.name} exists only at the profiles "
+                f"{', '.join(variant.profiles or ())}, not at {profile.name!r}"
+            )
+        return variant
+
     def init_from(self, variant: Variant, profile: Profile) -> str | None:
         """The variant a run of `variant` warm-starts from at this profile's scale."""
         if variant.init_from is not None or profile.init_from is None:
@@ -338,13 +357,19 @@ def _overrides(reader: _Reader) -> dict[str, Any]:
 def _variants(reader: _Reader) -> dict[str, Variant]:
     variants = {}
     for name in reader.data:
-        entry = reader.sub(str(name)).only("description", "config_prefix", "overrides", "init_from")
+        entry = reader.sub(str(name)).only(
+            "description", "config_prefix", "overrides", "init_from", "profiles"
+        )
+        profiles = entry.get("profiles", list, None, nullable=True)
+        if profiles is not None and not (profiles and all(isinstance(p, str) for p in profiles)):
+            raise entry.error("profiles", f"a non-empty list of profile names, got {profiles!r}")
         variants[str(name)] = Variant(
             name=str(name),
             description=entry.get("description", str, ""),
             config_prefix=entry.get("config_prefix", str, None, nullable=True),
             overrides=_overrides(entry.sub("overrides")),
             init_from=entry.get("init_from", str, None, nullable=True),
+            profiles=None if profiles is None else tuple(profiles),
         )
     for name, variant in variants.items():
         _check_init_chain(reader.sub(name), variant, variants)
@@ -426,16 +451,31 @@ def load_spec(path: Path | None = None) -> Spec:
     if default_profile not in profiles:
         raise reader.error("profile", str(unknown("profile", default_profile, list(profiles))))
     variants = _variants(reader.sub("variants"))
+    for variant in variants.values():
+        for name in variant.profiles or ():
+            if name not in profiles:
+                raise (
+                    reader.sub("variants")
+                    .sub(variant.name)
+                    .error("profiles", str(unknown("profile", name, list(profiles))))
+                )
     for profile in profiles.values():
+        where = reader.sub("profiles").sub(profile.name)
         if profile.init_from is not None and profile.init_from not in variants:
-            raise (
-                reader.sub("profiles")
-                .sub(profile.name)
-                .error("init_from", str(unknown("variant", profile.init_from, list(variants))))
+            raise where.error(
+                "init_from", str(unknown("variant", profile.init_from, list(variants)))
             )
+        if profile.init_from is not None and not variants[profile.init_from].exists_at(profile):
+            raise where.error("init_from", f"variant {profile.init_from!r} is not at this profile")
     baseline = reader.get("baseline", str, "baseline")
     if baseline not in variants:
         raise reader.error("baseline", f"{baseline!r} is not one of the variants {list(variants)}")
+    if variants[baseline].profiles is not None:
+        raise (
+            reader.sub("variants")
+            .sub(baseline)
+            .error("profiles", "the baseline exists at every profile: remove `profiles`")
+        )
     train = reader.sub("train").only("checkpoint_interval")
     launcher = reader.sub("launcher").only("type", "max_concurrent", "gpus_per_run", "slurm")
     study = reader.get("study", str)

@@ -87,6 +87,7 @@ def _set_resume(cfg: Config, resume: str) -> None:
         # checkpoint is one line naming it, not a traceback after the setup.
         read_checkpoint(Path(resume), "resume checkpoint")
         cfg.resume, cfg.load_from = True, resume
+        configs.drop_pretrained_inits(cfg)
         return
     latest = find_latest_checkpoint(cfg.work_dir)
     if latest is None:
@@ -98,6 +99,7 @@ def _set_resume(cfg: Config, resume: str) -> None:
         return
     print_log(f"--resume: continuing from {latest}", logger="current")
     cfg.resume, cfg.load_from = True, latest
+    configs.drop_pretrained_inits(cfg)
 
 
 def build_config(opts: TrainOptions) -> Config:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -68,6 +69,25 @@ def test_doctor_exits_nonzero_when_the_stack_cannot_train() -> None:
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "FAIL mmcv ops" in proc.stdout
     assert "cannot train" in proc.stderr
+
+
+def test_doctor_checks_what_a_full_scale_profile_needs(tmp_path: Path) -> None:
+    nus = tmp_path / "nus"
+    nus.mkdir()
+    result = CliRunner().invoke(app, ["doctor", "--profile", "full", "--data-root", str(nus)])
+    assert result.exit_code == 1
+    out = result.stdout
+    assert f"FAIL data (full)         {nus}: no nuscenes_infos_train.pkl" in out
+    assert f"fix: `aqr-exp data prepare nuscenes --root {nus}`" in out
+    assert f"FAIL pretrained weights  {nus / 'ckpts' / 'nuim_r50.pth'}" in out
+    assert "junjie18/CMT" in out
+    assert "Profile full cannot train" in result.stderr
+    for name in ("nuscenes_infos_train.pkl", "nuscenes_infos_val.pkl", "ckpts/nuim_r50.pth"):
+        (nus / name).parent.mkdir(exist_ok=True)
+        (nus / name).write_bytes(b"")
+    result = CliRunner().invoke(app, ["doctor", "--profile", "full", "--data-root", str(nus)])
+    assert result.exit_code == 0, result.output
+    assert "ok   pretrained weights" in result.stdout and "Profile full can train." in result.stdout
 
 
 def test_help_lists_the_commands() -> None:

@@ -10,7 +10,7 @@ from fixtures.toy.helpers import TOY_SPEC, cli, make_toy_data, nothing_written, 
 
 from aqr_exp import configs, paths
 from aqr_exp.errors import AqrError
-from aqr_exp.plan import Target, plan_sweep, resolve_sweep
+from aqr_exp.plan import Target, plan_sweep, plan_variants, resolve_sweep
 from aqr_exp.spec import load_spec
 
 AQR = "model.pts_bbox_head.aqr"
@@ -189,6 +189,47 @@ def test_missing_data_root(tmp_path: Path) -> None:
 def test_missing_data_root_of_a_real_data_profile(tmp_path: Path) -> None:
     message = _bad(tmp_path, "run", "baseline", "--profile", "full", *_roots(tmp_path))
     assert "does not exist" in message and "profile 'full'" in message
+
+
+def test_a_demo_only_variant_is_not_part_of_a_full_scale_study(tmp_path: Path) -> None:
+    """The demo's `pretrained` stands in for CMT's trained checkpoint: at full scale a
+    study loads that checkpoint instead, and there is no config for it."""
+    listed = cli("variants", "--profile", "full")
+    assert listed.exit_code == 0, listed.output
+    assert "baseline:" in listed.stdout and "pretrained:" not in listed.stdout
+    assert "pretrained:" in cli("variants").stdout
+    (tmp_path / "nus").mkdir()
+    message = _bad(tmp_path, "run", "pretrained", "--profile", "full",
+                   "--data-root", tmp_path / "nus", *_roots(tmp_path))  # fmt: skip
+    assert "variant 'pretrained' of aqr_cmt.yaml exists only at the profiles demo" in message
+
+
+def test_full_scale_runs_need_cmts_pretrained_backbone_unless_they_load_a_checkpoint(
+    tmp_path: Path,
+) -> None:
+    nus = tmp_path / "nus"
+    nus.mkdir()
+    args = ["run", "baseline", "--dry-run", "--profile", "full", "--data-root", nus]
+    message = _bad(tmp_path, *args, *_roots(tmp_path))
+    weights = nus / "ckpts" / "nuim_r50.pth"
+    assert f"missing: {weights} (model.img_backbone.init_cfg.checkpoint) (variant baseline)" in (
+        message
+    )
+    weights.parent.mkdir()
+    weights.write_bytes(b"")
+    assert cli(*args, *_roots(tmp_path)).exit_code == 0
+    weights.unlink()
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        paths.BUNDLED_SPEC.read_text().replace(
+            "  new_aqr:\n",
+            "  finetune:\n    overrides: {load_from: /ckpts/epoch_20.pth}\n  new_aqr:\n",
+        )
+    )
+    target = Target(tmp_path / "results", tmp_path / "work", profile="full", data_root=nus)
+    (run,) = plan_variants(load_spec(spec), ["finetune"], target).runs
+    assert run.cfg.load_from == "/ckpts/epoch_20.pth"
+    assert run.cfg.model.img_backbone.init_cfg is None
 
 
 def test_unknown_launcher(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from aqr_exp.paths import PLUGIN_CONFIGS
 
 FULL_SCALE = [
     "cmt_lc_voxel0100_r50_800x320_8xb2-cyclic-20e_nus-3d.py",
-    "cmt_lc_voxel0075_vov99_1600x640_8xb1-cyclic-20e_nus-3d.py",
+    "cmt_lc_voxel0075_vov99_1600x640_8xb2-cyclic-20e_nus-3d.py",
 ]
 
 
@@ -62,6 +62,7 @@ def test_full_scale_configs_match_cmt_published_settings(
         assert cfg.model.img_backbone.norm_cfg.requires_grad is True
     assert cfg.optim_wrapper.clip_grad.max_norm == 35
     assert cfg.train_dataloader.dataset.type == "CBGSDataset"
+    assert cfg.train_dataloader.batch_size == 2 and "_8xb2-" in name  # CMT: 2 per GPU, 8 GPUs
 
 
 def _lidar2img(num_views: int, width: int, height: int) -> np.ndarray:

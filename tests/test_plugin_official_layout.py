@@ -30,7 +30,7 @@ SETTINGS = {
         "official_cmt_voxel0100_r50_800x320.txt",
     ),
     "voxel0075_vov99_1600x640": (
-        "cmt_lc_voxel0075_vov99_1600x640_8xb1-cyclic-20e_nus-3d.py",
+        "cmt_lc_voxel0075_vov99_1600x640_8xb2-cyclic-20e_nus-3d.py",
         "official_cmt_voxel0075_vov99_1600x640.txt",
     ),
 }

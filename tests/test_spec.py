@@ -85,6 +85,21 @@ def test_malformed_yaml_names_file_and_line(tmp_path: Path) -> None:
             "seeds: seed -1 is out of range: seeds are integers from 0 to 4294967295",
         ),
         (
+            "study: x\nprofiles: {a: {config: a.py, data_root: d}}\n"
+            "variants: {baseline: {}, p: {profiles: [demo]}}\n",
+            "variants.p.profiles: unknown profile 'demo'",
+        ),
+        (
+            "study: x\nprofiles: {a: {config: a.py, data_root: d}}\n"
+            "variants: {baseline: {profiles: [a]}}\n",
+            "variants.baseline.profiles: the baseline exists at every profile",
+        ),
+        (
+            "study: x\nprofiles: {a: {config: a.py, data_root: d, init_from: p}, "
+            "b: {config: b.py, data_root: d}}\nvariants: {baseline: {}, p: {profiles: [b]}}\n",
+            "profiles.a.init_from: variant 'p' is not at this profile",
+        ),
+        (
             'study: x\nprofiles: {"a\\nb": {config: a.py, data_root: d}}\n',
             "profiles.'a\\nb': use letters, digits, - and _ only",
         ),

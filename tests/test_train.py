@@ -123,3 +123,19 @@ def test_the_allow_list_keeps_weights_only_protection(tmp_path: Path) -> None:
     torch.save({"x": subprocess.Popen}, path)
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)
+
+
+def test_a_resumed_run_needs_no_pretrained_files(toy_config: Path, tmp_path: Path) -> None:
+    """Every weight comes from the checkpoint: a pretrained init's file may be gone."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "last_checkpoint").write_text(str(work / "epoch_1.pth"))
+    init = {"type": "Pretrained", "checkpoint": str(tmp_path / "gone.pth")}
+    cfg = build_config(
+        TrainOptions(config=toy_config, work_dir=work, resume="auto",
+                     cfg_options={"model.init_cfg": init})
+    )  # fmt: skip
+    assert cfg.resume is True and cfg.load_from == str(work / "epoch_1.pth")
+    assert cfg.model.init_cfg is None
+    fresh = build_config(TrainOptions(config=toy_config, cfg_options={"model.init_cfg": init}))
+    assert configs.pretrained_files(fresh) == [("model.init_cfg.checkpoint", init["checkpoint"])]

@@ -494,7 +494,8 @@ def variants(
         raise AqrError(f"--write {write} is a file; expected a folder for the configs")
     loaded = load_spec(spec)
     target = Target(profile=profile, data_root=data_root, check_data=False)
-    plan = plan_variants(loaded, list(loaded.variants), target)
+    names = [variant.name for variant in loaded.variants_at(loaded.profile(profile))]
+    plan = plan_variants(loaded, names, target)
     for run in plan.runs:
         description = loaded.variants[run.variant].description
         typer.echo(f"{run.variant}: {description}  [{run.config_name}]")

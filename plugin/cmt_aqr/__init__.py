@@ -17,6 +17,7 @@ from cmt_aqr.head import AqrCmtHead
 from cmt_aqr.legacy_names import register_legacy_names
 from cmt_aqr.metric import CmtNuScenesMetric
 from cmt_aqr.necks import CmtCPFPN
+from cmt_aqr.pretrained import CmtPretrainedBackbone
 from cmt_aqr.transformer import AqrCmtTransformer, CmtTransformerDecoder
 from cmt_aqr.transforms import (
     CmtBEVFlip,
@@ -42,6 +43,7 @@ __all__ = [
     "CmtImageAug",
     "CmtModalityMask",
     "CmtNuScenesMetric",
+    "CmtPretrainedBackbone",
     "CmtTransformerDecoder",
     "CmtVoVNet",
 ]

@@ -1,6 +1,6 @@
 # CMT, LiDAR + camera, voxel 0.1 m, ResNet-50 at 800x320: CMT's published R50 setting
 # (nuScenes val: mAP 67.9 / NDS 70.8). Sparse LiDAR encoder: GPU only.
-# Deviations from the original: no DCN in the image backbone, no GT-sampling.
+# Remaining differences from the official config: docs/fidelity.md.
 _base_ = ['./_base_/default_runtime.py', './_base_/schedules/cyclic-20e.py']
 
 data_root = '{{$AQR_DATA_ROOT:data/nuscenes/}}'
@@ -57,7 +57,9 @@ model = dict(
     img_backbone=dict(
         type='mmdet.ResNet', depth=50, num_stages=4, out_indices=(2, 3), frozen_stages=-1,
         norm_cfg=dict(type='BN2d', requires_grad=True), norm_eval=True, style='pytorch',
-        with_cp=True),
+        with_cp=True,
+        # CMT's nuImages-pretrained R50 (its config's `load_from`); every tensor must load.
+        init_cfg=dict(type='CmtPretrainedBackbone', checkpoint=data_root + 'ckpts/nuim_r50.pth')),
     img_neck=dict(type='CmtCPFPN', in_channels=[1024, 2048], out_channels=256),
     pts_bbox_head=dict(
         type='AqrCmtHead',

@@ -1,7 +1,7 @@
 # Old AQR: per-query LiDAR/camera weights splatted into weight maps that modulate
 # the BEV and camera features (F' = F * W + r * F). Differs from the baseline only
 # in the AQR block. Sigmoid weights: the maps are clamped to [0, max_weight].
-_base_ = ['./cmt_lc_voxel0075_vov99_1600x640_8xb1-cyclic-20e_nus-3d.py']
+_base_ = ['./cmt_lc_voxel0075_vov99_1600x640_8xb2-cyclic-20e_nus-3d.py']
 
 model = dict(
     pts_bbox_head=dict(

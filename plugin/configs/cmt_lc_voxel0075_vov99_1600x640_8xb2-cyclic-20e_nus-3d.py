@@ -2,6 +2,7 @@
 # setting (nuScenes val: mAP 70.3 / NDS 72.9). Sparse LiDAR encoder: GPU only.
 _base_ = ['./cmt_lc_voxel0100_r50_800x320_8xb2-cyclic-20e_nus-3d.py']
 
+data_root = '{{$AQR_DATA_ROOT:data/nuscenes/}}'  # as the base's: the weights' path starts with it
 point_cloud_range = [-54.0, -54.0, -5.0, 54.0, 54.0, 3.0]  # 1440 x 1440 voxels -> BEV 180 x 180
 voxel_range = point_cloud_range
 voxel_size = [0.075, 0.075, 0.2]
@@ -14,7 +15,10 @@ model = dict(
     pts_middle_encoder=dict(sparse_shape=[41, 1440, 1440]),
     img_backbone=dict(
         _delete_=True, type='CmtVoVNet', spec_name='V-99-eSE', out_features=('stage4', 'stage5'),
-        norm_eval=True, frozen_stages=-1),
+        norm_eval=True, frozen_stages=-1,
+        # CMT's FCOS3D-pretrained VoV-99 (its config's `load_from`); every tensor must load.
+        init_cfg=dict(type='CmtPretrainedBackbone',
+                      checkpoint=data_root + 'ckpts/fcos3d_vovnet_imgbackbone-remapped.pth')),
     img_neck=dict(in_channels=[768, 1024]),
     pts_bbox_head=dict(point_cloud_range=point_cloud_range))
 
@@ -56,7 +60,7 @@ test_pipeline = [
     dict(type='Pack3DDetInputs', keys=['points', 'img']),
 ]
 
-train_dataloader = dict(batch_size=1, dataset=dict(dataset=dict(pipeline=train_pipeline)))
+train_dataloader = dict(batch_size=2, dataset=dict(dataset=dict(pipeline=train_pipeline)))
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 

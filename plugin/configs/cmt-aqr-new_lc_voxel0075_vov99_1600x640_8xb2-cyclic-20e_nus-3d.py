@@ -1,7 +1,7 @@
 # New AQR: the per-query LiDAR/camera weights become a local-window bias on the
 # cross-attention logits of every decoder layer. Differs from the baseline only in
 # the AQR block.
-_base_ = ['./cmt_lc_voxel0075_vov99_1600x640_8xb1-cyclic-20e_nus-3d.py']
+_base_ = ['./cmt_lc_voxel0075_vov99_1600x640_8xb2-cyclic-20e_nus-3d.py']
 
 model = dict(
     pts_bbox_head=dict(
