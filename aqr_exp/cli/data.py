@@ -102,5 +102,32 @@ def check(root: Path = typer.Argument(..., help="The data root to check.")) -> N
     typer.echo(f"ok: {root}")
 
 
+@app.command()
+def prepare(
+    dataset: str = typer.Argument(..., help="The data set: nuscenes."),
+    root: Path = typer.Option(..., "--root", help="The data root, e.g. data/nuscenes."),
+    max_sweeps: int = typer.Option(10, help="LiDAR sweeps per key frame in the info files."),
+    gt_database: bool = typer.Option(
+        True, "--gt-database/--no-gt-database", help="Also build the GT-sampling database."
+    ),
+    force: bool = typer.Option(False, "--force", help="Rebuild what is already there."),
+) -> None:
+    """Make a data root trainable: mmdet3d v2 info files and the GT database.
+
+    The info files are built from the nuScenes tables with mmdet3d's converters, or
+    converted from mmdet3d 1.0 info files (the PKLs CMT distributes; the originals are kept
+    as nuscenes_infos_<split>.v1.pkl). The GT database is mmdet3d's LiDAR database of the
+    train split plus CMT's image patch per object. What is there already is kept, so an
+    interrupted run is resumed by running it again. Exits 2 on bad input."""
+    from aqr_exp.data.prepare import prepare_nuscenes
+
+    if dataset != "nuscenes":
+        raise typer.BadParameter(f"only nuscenes can be prepared, got {dataset!r}")
+    if max_sweeps < 0:
+        raise typer.BadParameter(f"--max-sweeps must be >= 0, got {max_sweeps}")
+    for line in prepare_nuscenes(root, max_sweeps=max_sweeps, gt_database=gt_database, force=force):
+        typer.echo(line)
+
+
 def register(parent: typer.Typer) -> None:
     parent.add_typer(app, name="data")
