@@ -364,8 +364,29 @@ def drop_pretrained_inits(cfg: Config) -> None:
         owner["init_cfg"] = [item for item in items if not _is_pretrained(item)] or None
 
 
-def check_pretrained_files(cfg: Config, where: str) -> None:
-    """A training that starts from pretrained weights needs their files before it starts."""
+def _values_named(value: Any, name: str, key: str) -> Iterator[tuple[str, Any]]:
+    if isinstance(value, Mapping):
+        for child_name, child in value.items():
+            child_key = f"{key}.{child_name}"
+            if child_name == name:
+                yield child_key, child
+            yield from _values_named(child, name, child_key)
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            yield from _values_named(child, name, f"{key}[{index}]")
+
+
+def gt_database_files(cfg: Config) -> list[tuple[str, str]]:
+    """(config key, file) of every GT-sampling database the training pipeline reads."""
+    loader = cfg.get("train_dataloader") or {}
+    return [
+        (key, str(path)) for key, path in _values_named(loader, "info_path", "train_dataloader")
+    ]
+
+
+def check_input_files(cfg: Config, where: str) -> None:
+    """The files a training reads besides the data set (pretrained weights, the GT-sampling
+    database) exist before it starts."""
     missing = [(key, path) for key, path in pretrained_files(cfg) if not Path(path).is_file()]
     if missing:
         listed = "; ".join(f"{path} ({key})" for key, path in missing)
@@ -373,6 +394,14 @@ def check_pretrained_files(cfg: Config, where: str) -> None:
             f"{Path(cfg.filename).name} starts from pretrained weights that are missing: "
             f"{listed} ({where}); the README's full-scale section says where to get them, "
             "or set load_from to a trained checkpoint"
+        )
+    databases = [(key, path) for key, path in gt_database_files(cfg) if not Path(path).is_file()]
+    if databases:
+        key, path = databases[0]
+        raise AqrError(
+            f"{Path(cfg.filename).name} trains with GT-sampling, whose database {path} ({key}) "
+            f"is missing ({where}): build it with `aqr-exp data prepare nuscenes --root "
+            f"{cfg.get('data_root')}`"
         )
 
 

@@ -145,7 +145,8 @@ def run_checks() -> list[Check]:
 
 def check_profile(spec: Spec, profile: str | None, data_root: Path | None) -> list[Check]:
     """What a profile's runs need besides the stack: its data root with the info files,
-    and the pretrained weights its configs start from (runs with `load_from` need none)."""
+    the pretrained weights its configs start from (runs with `load_from` need none) and
+    the GT-sampling database."""
     names = [variant.name for variant in spec.variants_at(spec.profile(profile))]
     target = Target(profile=profile, data_root=data_root, check_data=False)
     plan = plan_variants(spec, names, target)
@@ -170,18 +171,16 @@ def check_profile(spec: Spec, profile: str | None, data_root: Path | None) -> li
             if missing
             else Check(name, True, f"{root} with {', '.join(infos)}")
         ]
-    weights = {path: key for run in plan.runs for key, path in configs.pretrained_files(run.cfg)}
-    for path, key in sorted(weights.items()):
-        where = importlib.import_module("cmt_aqr.pretrained").WHERE_USERS_GET_THEM
-        found = Path(path).is_file()
-        checks.append(
-            Check(
-                "pretrained weights",
-                found,
-                f"{path} ({key})" + ("" if found else ": missing"),
-                where,
-            )
-        )
+    where = importlib.import_module("cmt_aqr.pretrained").WHERE_USERS_GET_THEM
+    for name, files, fix in (
+        ("pretrained weights", configs.pretrained_files, where),
+        ("GT database", configs.gt_database_files, prepare),
+    ):
+        needed = {path: key for run in plan.runs for key, path in files(run.cfg)}
+        for path, key in sorted(needed.items()):
+            found = Path(path).is_file()
+            detail = f"{path} ({key})" + ("" if found else ": missing")
+            checks.append(Check(name, found, detail, fix))
     return checks
 
 

@@ -253,7 +253,7 @@ class _Builder:
         baseline = self.run(self.spec.variant(self.spec.baseline), self.seeds[0])
         unique = with_parents(runs)
         for run in unique if self.target.check_data else []:
-            configs.check_pretrained_files(run.cfg, f"variant {run.variant}")
+            configs.check_input_files(run.cfg, f"variant {run.variant}")
         return Plan(
             spec=self.spec,
             study=self.study,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from aqr_exp.data.prepare import prepare_nuscenes
 from aqr_exp.data.synth import SynthSpec, generate
 
 # Small, but every scene still has all ten classes (the generator guarantees it), so the one
@@ -20,4 +21,19 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Read-only for the tests: copy it before changing anything in it."""
     root = tmp_path_factory.mktemp("synth") / "synth-nus"
     generate(SMALL_SYNTH, root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def synth_root_with_gt_database(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`synth_root` plus the GT-sampling database `aqr-exp data prepare` writes (the data
+    linked, the info files copied). Read-only for the tests."""
+    root = tmp_path_factory.mktemp("synth-db") / "synth-nus"
+    root.mkdir()
+    for item in synth_root.iterdir():
+        if item.is_dir():
+            (root / item.name).symlink_to(item, target_is_directory=True)
+        else:
+            (root / item.name).write_bytes(item.read_bytes())
+    prepare_nuscenes(root)
     return root

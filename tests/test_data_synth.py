@@ -520,10 +520,15 @@ def test_cli_synth_writes_a_set_that_check_accepts(tmp_path: Path) -> None:
         "1",
         "--samples-per-scene",
         "3",
+        "--gt-database",
     )
     assert result.exit_code == 0, result.output
     assert f"wrote {out}" in result.output
     assert "MB" in result.output
+    # the generator's info files stay; the database is `data prepare`'s
+    assert "nuscenes_infos_train.pkl: mmdet3d v2 already, kept" in result.output
+    assert "nuscenes_dbinfos_train.pkl:" in result.output
+    assert (out / "nuscenes_dbinfos_train.pkl").is_file()
     result = _cli("check", str(out))
     assert result.exit_code == 0, result.output
 

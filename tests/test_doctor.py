@@ -81,8 +81,12 @@ def test_doctor_checks_what_a_full_scale_profile_needs(tmp_path: Path) -> None:
     assert f"fix: `aqr-exp data prepare nuscenes --root {nus}`" in out
     assert f"FAIL pretrained weights  {nus / 'ckpts' / 'nuim_r50.pth'}" in out
     assert "junjie18/CMT" in out
+    database = nus / "nuscenes_dbinfos_train.pkl"
+    assert f"FAIL GT database         {database} (train_dataloader." in out
     assert "Profile full cannot train" in result.stderr
-    for name in ("nuscenes_infos_train.pkl", "nuscenes_infos_val.pkl", "ckpts/nuim_r50.pth"):
+    names = ("nuscenes_infos_train.pkl", "nuscenes_infos_val.pkl", "ckpts/nuim_r50.pth",
+             "nuscenes_dbinfos_train.pkl")  # fmt: skip
+    for name in names:
         (nus / name).parent.mkdir(exist_ok=True)
         (nus / name).write_bytes(b"")
     result = CliRunner().invoke(app, ["doctor", "--profile", "full", "--data-root", str(nus)])

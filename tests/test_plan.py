@@ -217,6 +217,11 @@ def test_full_scale_runs_need_cmts_pretrained_backbone_unless_they_load_a_checkp
     )
     weights.parent.mkdir()
     weights.write_bytes(b"")
+    message = _bad(tmp_path, *args, *_roots(tmp_path))
+    database = nus / "nuscenes_dbinfos_train.pkl"
+    assert f"trains with GT-sampling, whose database {database}" in message
+    assert f"build it with `aqr-exp data prepare nuscenes --root {nus}/`" in message
+    database.write_bytes(b"")
     assert cli(*args, *_roots(tmp_path)).exit_code == 0
     weights.unlink()
     spec = tmp_path / "spec.yaml"

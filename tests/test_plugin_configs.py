@@ -217,6 +217,29 @@ def test_full_scale_augmentations_are_cmts(name: str) -> None:
         assert pipeline["LoadPointsFromMultiSweeps"].sweeps_num == 10
 
 
+@pytest.mark.parametrize("name", FULL_SCALE)
+def test_full_scale_gt_sampling_is_cmts_15e_plus_5e(name: str) -> None:
+    """UnifiedObjectSample right after loading, CMT's groups and filters, off for the last
+    5 of 20 epochs."""
+    cfg = _load(name)
+    order = [step["type"] for step in cfg.train_dataloader.dataset.dataset.pipeline]
+    assert order.index("CmtUnifiedObjectSample") == order.index("LoadAnnotations3D") + 1
+    assert order.index("CmtUnifiedObjectSample") < order.index("CmtGlobalRotScaleTrans")
+    step = cfg.train_dataloader.dataset.dataset.pipeline[order.index("CmtUnifiedObjectSample")]
+    assert (step.sample_2d, step.mixup_rate) == (True, 0.5)
+    sampler = step.db_sampler
+    assert sampler.sample_groups == dict(
+        car=2, truck=3, construction_vehicle=7, bus=4, trailer=6, barrier=2, motorcycle=6,
+        bicycle=6, pedestrian=2, traffic_cone=2,
+    )  # fmt: skip
+    assert set(sampler.prepare.filter_by_min_points.values()) == {5}
+    assert set(sampler.prepare.filter_by_min_points) == set(cfg.class_names)
+    assert sampler.info_path == cfg.data_root + "nuscenes_dbinfos_train.pkl"
+    (hook,) = cfg.custom_hooks
+    assert hook.type == "CmtObjectSampleSwitchHook"
+    assert cfg.train_cfg.max_epochs - hook.switch_epoch == 5
+
+
 @pytest.mark.parametrize("fp32_modules", [(), ("pts_voxel_encoder", "pts_bbox_head")])
 def test_fp32_modules_run_in_float32_under_autocast(fp32_modules: tuple[str, ...]) -> None:
     """CMT's custom_fp16: under mixed precision (here the CPU's bfloat16 autocast) the

@@ -50,6 +50,9 @@ def synth(
     ),
     image_format: str = typer.Option(_DEFAULT.image_format, help="jpg or png."),
     force: bool = typer.Option(False, "--force", help="Replace an existing synthetic data set."),
+    gt_database: bool = typer.Option(
+        False, "--gt-database", help="Also write the GT-sampling database (as `data prepare`)."
+    ),
 ) -> None:
     """Write the synthetic data set (real nuScenes format).
 
@@ -72,6 +75,11 @@ def synth(
         f"{s.lidar_frames} LiDAR frames (~{s.points_per_key_frame:.0f} points per key frame), "
         f"{s.images} images; {s.size_bytes / 1e6:.1f} MB in {s.seconds:.1f} s"
     )
+    if gt_database:
+        from aqr_exp.data.prepare import prepare_nuscenes
+
+        for line in prepare_nuscenes(s.root):
+            typer.echo(line)
 
 
 @app.command()

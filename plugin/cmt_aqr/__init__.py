@@ -13,10 +13,12 @@ the prefix stay loadable where no other project has taken them
 from cmt_aqr.assigner import CmtHungarianAssigner3D
 from cmt_aqr.box_coder import CmtBBoxCoder
 from cmt_aqr.detector import AqrCmtDetector
+from cmt_aqr.gt_sampling_switch import CmtObjectSampleSwitchHook
 from cmt_aqr.head import AqrCmtHead
 from cmt_aqr.legacy_names import register_legacy_names
 from cmt_aqr.metric import CmtNuScenesMetric
 from cmt_aqr.necks import CmtCPFPN
+from cmt_aqr.object_sample import CmtUnifiedDataBaseSampler, CmtUnifiedObjectSample
 from cmt_aqr.pretrained import CmtPretrainedBackbone
 from cmt_aqr.transformer import AqrCmtTransformer, CmtTransformerDecoder
 from cmt_aqr.transforms import (
@@ -43,7 +45,10 @@ __all__ = [
     "CmtImageAug",
     "CmtModalityMask",
     "CmtNuScenesMetric",
+    "CmtObjectSampleSwitchHook",
     "CmtPretrainedBackbone",
     "CmtTransformerDecoder",
+    "CmtUnifiedDataBaseSampler",
+    "CmtUnifiedObjectSample",
     "CmtVoVNet",
 ]

@@ -16,7 +16,7 @@ from mmdet3d.registry import TRANSFORMS
 from PIL import Image
 
 
-def _as_4x4(matrix: np.ndarray) -> np.ndarray:
+def as_4x4(matrix: np.ndarray) -> np.ndarray:
     out = np.eye(4)
     matrix = np.asarray(matrix, dtype=np.float64)
     out[: matrix.shape[0], : matrix.shape[1]] = matrix
@@ -26,7 +26,7 @@ def _as_4x4(matrix: np.ndarray) -> np.ndarray:
 def apply_lidar_aug(results: dict, aug: np.ndarray) -> None:
     """Record a LiDAR-space augmentation (4x4) in the camera extrinsics."""
     inv = np.linalg.inv(aug)
-    results["lidar2cam"] = [_as_4x4(m) @ inv for m in results["lidar2cam"]]
+    results["lidar2cam"] = [as_4x4(m) @ inv for m in results["lidar2cam"]]
     results["lidar_aug_matrix"] = aug @ results.get("lidar_aug_matrix", np.eye(4))
 
 
@@ -142,7 +142,7 @@ class CmtImageAug(BaseTransform):
                     @ post
                 )
             images.append(np.asarray(pil))
-            cam2imgs.append(post @ _as_4x4(cam2img))
+            cam2imgs.append(post @ as_4x4(cam2img))
         results["img"] = images
         results["cam2img"] = cam2imgs
         results["img_shape"] = results["pad_shape"] = (final_h, final_w)
@@ -174,8 +174,8 @@ class CmtComposeLidar2Img(BaseTransform):
     """lidar2img = cam2img @ lidar2cam for every view, after all augmentations."""
 
     def transform(self, results: dict) -> dict:
-        results["lidar2cam"] = [_as_4x4(m) for m in results["lidar2cam"]]
-        results["cam2img"] = [_as_4x4(m) for m in results["cam2img"]]
+        results["lidar2cam"] = [as_4x4(m) for m in results["lidar2cam"]]
+        results["cam2img"] = [as_4x4(m) for m in results["cam2img"]]
         results["lidar2img"] = [
             k @ e for k, e in zip(results["cam2img"], results["lidar2cam"], strict=True)
         ]

@@ -34,6 +34,7 @@ train_pipeline = [
     dict(type='LoadMultiViewImageFromFiles', to_float32=False, num_views=6,
          backend_args=backend_args),
     dict(type='LoadAnnotations3D', with_bbox_3d=True, with_label_3d=True, with_attr_label=False),
+    {{_base_.gt_sampling}},
     dict(type='CmtGlobalRotScaleTrans', rot_range=[-0.785, 0.785],
          scale_ratio_range=[0.9, 1.1], translation_std=[0.5, 0.5, 0.5]),
     dict(type='CmtBEVFlip', flip_ratio_horizontal=0.5, flip_ratio_vertical=0.5),

@@ -84,6 +84,26 @@ model = dict(
         dn_groups=10,
         aqr=None))
 
+# CMT's multi-modal GT-sampling (UnifiedObjectSample): database objects pasted into the
+# points and, blended 50/50, into the images; its database comes from
+# `aqr-exp data prepare nuscenes`. Off for the last 5 of the 20 epochs (custom_hooks).
+gt_sampling = dict(
+    type='CmtUnifiedObjectSample', sample_2d=True, mixup_rate=0.5,
+    db_sampler=dict(
+        data_root=data_root, info_path=data_root + 'nuscenes_dbinfos_train.pkl', rate=1.0,
+        prepare=dict(
+            filter_by_difficulty=[-1],
+            filter_by_min_points=dict(
+                car=5, truck=5, bus=5, trailer=5, construction_vehicle=5, traffic_cone=5,
+                barrier=5, motorcycle=5, bicycle=5, pedestrian=5)),
+        classes=class_names,
+        sample_groups=dict(
+            car=2, truck=3, construction_vehicle=7, bus=4, trailer=6, barrier=2, motorcycle=6,
+            bicycle=6, pedestrian=2, traffic_cone=2),
+        points_loader=dict(type='LoadPointsFromFile', coord_type='LIDAR', load_dim=5,
+                           use_dim=[0, 1, 2, 3, 4], backend_args=backend_args)))
+custom_hooks = [dict(type='CmtObjectSampleSwitchHook', switch_epoch=15)]
+
 train_pipeline = [
     dict(type='LoadPointsFromFile', coord_type='LIDAR', load_dim=5, use_dim=5,
          backend_args=backend_args),
@@ -92,6 +112,7 @@ train_pipeline = [
     dict(type='LoadMultiViewImageFromFiles', to_float32=False, num_views=6,
          backend_args=backend_args),
     dict(type='LoadAnnotations3D', with_bbox_3d=True, with_label_3d=True, with_attr_label=False),
+    gt_sampling,
     dict(type='CmtGlobalRotScaleTrans', rot_range=[-0.785, 0.785],
          scale_ratio_range=[0.9, 1.1], translation_std=[0.5, 0.5, 0.5]),
     dict(type='CmtBEVFlip', flip_ratio_horizontal=0.5, flip_ratio_vertical=0.5),
