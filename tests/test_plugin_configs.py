@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 from mmdet3d.registry import MODELS
-from mmdet3d.structures import Det3DDataSample
+from mmdet3d.structures import Det3DDataSample, LiDARInstance3DBoxes
 from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import PARAM_SCHEDULERS, init_default_scope
+from mmengine.structures import InstanceData
 from torch import nn
 
 from aqr_exp.paths import PLUGIN_CONFIGS
@@ -79,12 +80,22 @@ def _lidar2img(num_views: int, width: int, height: int) -> np.ndarray:
     return np.stack(mats)
 
 
-def _random_batch(model: nn.Module, cfg: Config, num_points: int, half_range: float) -> dict:
-    """One preprocessed sample: random points within ±half_range m and 6 random images."""
+def _random_batch(
+    model: nn.Module, cfg: Config, num_points: int, half_range: float, num_boxes: int = 0
+) -> dict:
+    """One preprocessed sample: random points within ±half_range m, 6 random images and,
+    for training, `num_boxes` random ground-truth boxes."""
     height, width = cfg.image_size
     scale = torch.tensor([2 * half_range, 2 * half_range, 6.0, 1.0, 0.0])
     points = torch.rand(num_points, 5) * scale - torch.tensor([half_range, half_range, 4.0, 0, 0])
     sample = Det3DDataSample(metainfo={"lidar2img": _lidar2img(6, width, height)})
+    if num_boxes:
+        boxes = torch.rand(num_boxes, 9) * torch.tensor([60, 60, 1, 3, 2, 2, 3, 1, 1])
+        boxes[:, :2] -= 30
+        sample.gt_instances_3d = InstanceData(
+            bboxes_3d=LiDARInstance3DBoxes(boxes, box_dim=9),
+            labels_3d=torch.randint(0, 10, (num_boxes,)),
+        )
     data = {
         "inputs": {
             "points": [points],
@@ -92,7 +103,27 @@ def _random_batch(model: nn.Module, cfg: Config, num_points: int, half_range: fl
         },
         "data_samples": [sample],
     }
-    return model.data_preprocessor(data, False)
+    return model.data_preprocessor(data, bool(num_boxes))
+
+
+def _with_pillars(cfg: Config, voxel: float) -> int:
+    """Swap the sparse LiDAR encoder (mmcv's sparse convolution is CUDA only) for pillars
+    of `voxel` m over the config's voxelized range; returns the BEV cells a side."""
+    low, high = cfg.model.data_preprocessor.voxel_layer.point_cloud_range[::3][:2]
+    cells = round((high - low) / voxel)
+    size = [voxel, voxel, 8.0]
+    cfg.model.data_preprocessor.voxel_layer.update(
+        voxel_size=size, max_num_points=20, max_voxels=(30000, 30000)
+    )
+    cfg.model.pts_voxel_encoder = dict(
+        type="PillarFeatureNet", in_channels=5, feat_channels=[64], voxel_size=size,
+        point_cloud_range=cfg.model.data_preprocessor.voxel_layer.point_cloud_range,
+    )  # fmt: skip
+    cfg.model.pts_middle_encoder = dict(
+        type="PointPillarsScatter", in_channels=64, output_shape=[cells, cells]
+    )
+    cfg.model.pts_backbone.in_channels = 64
+    return cells
 
 
 @pytest.mark.slow
@@ -100,22 +131,8 @@ def test_full_scale_sized_pillar_variant_runs_forward_at_batch_1(tmp_path: Path)
     """The R50 800x320 config with its LiDAR branch swapped for pillars (mmcv has no
     CPU sparse conv): same BEV size (128x128), images, queries and decoder."""
     cfg = _load(FULL_SCALE[0])
-    pc_range = cfg.point_cloud_range
-    voxel = [0.8, 0.8, 8.0]
-    cfg.model.data_preprocessor.voxel_layer.update(
-        voxel_size=voxel, max_num_points=20, max_voxels=(30000, 30000)
-    )
-    cfg.model.pts_voxel_encoder = dict(
-        type="PillarFeatureNet",
-        in_channels=5,
-        feat_channels=[64],
-        voxel_size=voxel,
-        point_cloud_range=pc_range,
-    )
-    cfg.model.pts_middle_encoder = dict(
-        type="PointPillarsScatter", in_channels=64, output_shape=[128, 128]
-    )
-    cfg.model.pts_backbone.in_channels = 64
+    assert _with_pillars(cfg, voxel=0.8) == 128
+    cfg.model.img_backbone.init_cfg = None  # no pretrained file here
     model = MODELS.build(cfg.model)
     model.init_weights()
     model.eval()
@@ -127,6 +144,39 @@ def test_full_scale_sized_pillar_variant_runs_forward_at_batch_1(tmp_path: Path)
     assert tuple(img.shape) == (1, 6, 256, 20, 50)  # 6,000 camera tokens
     assert outputs.cls_logits.shape == (6, 1, 900, 10)
     assert torch.isfinite(outputs.codes).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FULL_SCALE)
+def test_full_scale_family_trains_a_step_in_bfloat16(name: str) -> None:
+    """A training step of each full-scale family in mixed precision. mmengine's
+    AmpOptimWrapper asserts a CUDA device, so on the CPU the step runs under the CPU's
+    bfloat16 autocast, which is what the wrapper's optim_context enters; the config's
+    fp32_modules stay float32. Smoke size: pillars instead of the sparse encoder (CUDA
+    only), 128x320 images, 100 queries."""
+    cfg = _load(name)
+    _with_pillars(cfg, voxel=1.6)
+    cfg.image_size = (128, 320)
+    cfg.model.pts_bbox_head.num_query = 100
+    cfg.model.img_backbone.init_cfg = None  # no pretrained file here; its test is apart
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    model.train()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    batch = _random_batch(model, cfg, num_points=20000, half_range=50.0, num_boxes=6)
+    plain = {key: value for key, value in cfg.optim_wrapper.items() if key != "loss_scale"}
+    wrapper = build_optim_wrapper(model, {**plain, "type": "OptimWrapper"})
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(batch["inputs"], batch["data_samples"], mode="loss")
+    loss, _ = model.parse_losses(losses)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    wrapper.update_params(loss)
+    moved = {
+        name.split(".")[0]
+        for name, p in model.named_parameters()
+        if not torch.equal(p, before[name])
+    }
+    assert {"img_backbone", "img_neck", "pts_backbone", "pts_neck", "pts_bbox_head"} <= moved
 
 
 class _Parts(nn.Module):
