@@ -584,8 +584,20 @@ def check_aqr_windows(cfg: Config, where: str) -> None:
     if not aqr:
         return
     size = aqr.get("window_size")
+    for low, high in (("window_min", "window_max"), ("cam_window_min", "cam_window_max")):
+        bounds = aqr.get(low), aqr.get(high)
+        if aqr.get("window_mode") == "adaptive" and None not in bounds and bounds[0] > bounds[1]:
+            raise AqrError(
+                f"{AQR_KEY}.{low}={bounds[0]} exceeds {AQR_KEY}.{high}={bounds[1]}: an "
+                f"adaptive window's extent lies within [min, max] ({where})"
+            )
     maps = {"bev_window": bev_map_size(cfg), "cam_window": camera_map_size(cfg)}
-    for name, feature_map in maps.items():
+    # adaptive windows: the largest extent is the window every query's keys come from
+    largest = {"bev_window": "window_max", "cam_window": "cam_window_max"}
+    for map_name, feature_map in maps.items():
+        name = map_name
+        if aqr.get("window_mode") == "adaptive" and aqr.get(largest[name]) is not None:
+            name = largest[name]
         own = aqr.get(name)
         window = size if own is None else own
         if window is None:
@@ -595,7 +607,7 @@ def check_aqr_windows(cfg: Config, where: str) -> None:
             raise AqrError(f"{label} must be a positive integer, got {window!r} ({where})")
         if feature_map is not None and window > max(feature_map):
             raise AqrError(
-                f"{label}={window} is larger than the {name.split('_')[0].upper()} feature map "
+                f"{label}={window} is larger than the {map_name.split('_')[0].upper()} feature map "
                 f"({feature_map[0]}x{feature_map[1]} cells) of {Path(cfg.filename).name} ({where})"
             )
 

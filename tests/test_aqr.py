@@ -17,6 +17,7 @@ from cmt_aqr.aqr.cells import (
     window_keys,
     window_offsets,
 )
+from cmt_aqr.aqr.module import AdaptiveQueryRouting
 from cmt_aqr.aqr.render import render_maps
 from cmt_aqr.aqr.weights import ModalityWeightGenerator
 from cmt_aqr.attention import MultiheadAttention
@@ -231,10 +232,27 @@ def _scene() -> SceneContext:
     return SceneContext(lidar2img=lidar2img, image_size=(32, 80), bev_size=(8, 8), cam_size=(2, 5))
 
 
-@pytest.mark.parametrize("aqr_type", ["old", "new"])
-def test_detection_loss_reaches_the_weight_generator_and_the_scale(aqr_type: str) -> None:
-    torch.manual_seed(0)
-    head = AqrCmtHead(
+ADAPTIVE = dict(
+    type="new",
+    window_mode="adaptive",
+    window_profile="gaussian",
+    window_min=1.0,
+    window_max=3,
+    cam_window_min=1.0,
+    cam_window_max=3,
+    encoder_window=3,
+)
+AQR_CASES = {
+    # old AQR clamps its maps to [0, max]: sigmoid weights (its config's choice)
+    "old": dict(type="old", window_size=3, encoder_window=3, weight_activation="sigmoid"),
+    "new": dict(type="new", window_size=3, encoder_window=3, attn_impl="dense"),
+    "adaptive, dense": dict(ADAPTIVE, attn_impl="dense"),
+    "adaptive, window": dict(ADAPTIVE, attn_impl="window"),
+}
+
+
+def _small_head(aqr: dict) -> AqrCmtHead:
+    return AqrCmtHead(
         in_channels=8,
         point_cloud_range=[-20.0, -20.0, -5.0, 20.0, 20.0, 3.0],
         embed_dims=16,
@@ -247,32 +265,98 @@ def test_detection_loss_reaches_the_weight_generator_and_the_scale(aqr_type: str
             ),
         ),
         dn_groups=2,
-        # old AQR clamps its maps to [0, max]: sigmoid weights (its config's choice)
-        aqr=dict(
-            type=aqr_type,
-            window_size=3,
-            encoder_window=3,
-            attn_impl="dense",
-            weight_activation="sigmoid" if aqr_type == "old" else "tanh",
-        ),
+        aqr=aqr,
     )
-    head.init_weights()
+
+
+def _scene_inputs() -> tuple[torch.Tensor, torch.Tensor, list, list]:
     boxes = [
         LiDARInstance3DBoxes(
             torch.tensor([[5.0, 1.0, -1.0, 4.0, 2.0, 1.5, 0.2, 1.0, 0.0]]), box_dim=9
         )
     ]
-    labels = [torch.tensor([0])]
+    return torch.randn(1, 8, 8, 8), torch.randn(1, 2, 16, 2, 5), boxes, [torch.tensor([0])]
+
+
+@pytest.mark.parametrize("case", list(AQR_CASES))
+def test_detection_loss_reaches_the_weight_generator_and_the_scale(case: str) -> None:
+    """Every implementation that trains on the CPU (flex trains on CUDA only)."""
+    torch.manual_seed(0)
+    head = _small_head(AQR_CASES[case])
+    head.init_weights()
+    bev, img, boxes, labels = _scene_inputs()
     dn = head.make_denoising(boxes, labels)
-    outputs = head(torch.randn(1, 8, 8, 8), torch.randn(1, 2, 16, 2, 5), _scene(), dn)
+    outputs = head(bev, img, _scene(), dn)
     losses = head.loss(outputs, dn, boxes, labels)
     total = sum(v for k, v in losses.items() if "loss" in k)
     total.backward()
     assert head.aqr.generator.to_weights.weight.grad.abs().sum() > 0
     assert "aqr/lidar_w_mean" in losses and "aqr/prefer_lidar" in losses
-    if aqr_type == "new":
+    if head.aqr.type == "new":
         assert head.aqr.scale.logit.grad.abs() > 0
         assert "aqr/bias_scale" in losses
+    adaptive = head.aqr.window_mode == "adaptive"
+    assert hasattr(head.aqr.generator, "to_extents") == adaptive
+    assert ("aqr/bev_extent_mean" in losses) == adaptive
+    if adaptive:
+        assert head.aqr.generator.to_extents.weight.grad.abs().sum() > 0
+        for name in ("bev_extent_mean", "cam_extent_mean"):
+            assert 1.0 <= float(losses[f"aqr/{name}"]) <= 3.0
+        assert {"aqr/bev_extent_std", "aqr/cam_extent_std"} <= losses.keys()
+
+
+def test_adaptive_windows_with_equal_bounds_are_the_fixed_gaussian_window() -> None:
+    """min = max = W: every query's σ is W / (2 · window_cut), as a fixed Gaussian window
+    of W cells with that σ; the same weights give the same outputs."""
+    fixed_aqr = dict(type="new", window_size=3, window_profile="gaussian", window_sigma=0.6,
+                     encoder_window=3, attn_impl="dense")  # fmt: skip
+    equal = dict(ADAPTIVE, window_min=3.0, cam_window_min=3.0, window_cut=2.5, attn_impl="dense")
+    torch.manual_seed(0)
+    fixed = _small_head(fixed_aqr)
+    fixed.init_weights()
+    adaptive = _small_head(equal)
+    missing, unexpected = adaptive.load_state_dict(fixed.state_dict(), strict=False)
+    assert sorted(missing) == ["aqr.generator.to_extents.bias", "aqr.generator.to_extents.weight"]
+    assert not unexpected
+    fixed.eval()
+    adaptive.eval()
+    bev, img, _, _ = _scene_inputs()
+    with torch.no_grad():
+        expected = fixed(bev, img, _scene(), None)
+        got = adaptive(bev, img, _scene(), None)
+    torch.testing.assert_close(got.cls_logits, expected.cls_logits, rtol=0, atol=1e-6)
+    torch.testing.assert_close(got.codes, expected.codes, rtol=0, atol=1e-6)
+
+
+def test_extents_stay_within_their_bounds_under_extreme_inputs() -> None:
+    generator = ModalityWeightGenerator(16, window=3, extent_bounds=((2.0, 9.0), (1.0, 3.0)))
+    with torch.no_grad():
+        generator.to_extents.weight.fill_(1e4)
+    cells = _random_bias("dense").cells
+    batch, queries = cells.bev_row.shape
+    for magnitude in (1e6, -1e6, 0.0):
+        query = torch.full((batch, queries, 16), magnitude)
+        memory = torch.randn(batch, LAYOUT.num_tokens, 16) * magnitude
+        routing = generator(query, memory, torch.zeros_like(memory), cells, LAYOUT)
+        for extent, (low, high) in ((routing.bev_extent, (2, 9)), (routing.cam_extent, (1, 3))):
+            assert torch.isfinite(extent).all()
+            assert ((extent >= low) & (extent <= high)).all()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (dict(type="old"), "needs type='new', window_profile='gaussian'"),
+        (dict(window_profile="uniform"), "needs type='new', window_profile='gaussian'"),
+        (dict(window_min=None), "needs aqr.window_min"),
+        (dict(cam_window_min=4.0), r"cam_window_min must lie in \(0, cam_window_max=3\]"),
+        (dict(window_mode="adaptiv"), "window_mode must be one of"),
+        (dict(window_cut=0.0), "window_cut must be positive"),
+    ],
+)
+def test_bad_adaptive_settings_are_named(changes: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        AdaptiveQueryRouting(16, **{**ADAPTIVE, **changes})
 
 
 def test_weight_generator_is_torch_multihead_attention_over_each_window() -> None:
@@ -285,7 +369,8 @@ def test_weight_generator_is_torch_multihead_attention_over_each_window() -> Non
     query = torch.randn(batch, queries, 16, dtype=torch.float64)
     memory = torch.randn(batch, LAYOUT.num_tokens, 16, dtype=torch.float64)
     memory_pos = torch.randn(batch, LAYOUT.num_tokens, 16, dtype=torch.float64)
-    lidar_w, cam_w = generator(query, memory, memory_pos, cells, LAYOUT)
+    lidar_w, cam_w, bev_extent, cam_extent = generator(query, memory, memory_pos, cells, LAYOUT)
+    assert bev_extent is None and cam_extent is None  # fixed windows: no extents
 
     index, valid = window_keys(cells, LAYOUT, 3, 3)
     value = gather_tokens(memory, index).flatten(0, 1)

@@ -52,3 +52,27 @@ def test_smoke_sweep_two_values_two_concurrent_runs(tmp_path: Path, synth_root: 
         tags = events.Tags()["scalars"]
         assert "loss" in tags and any(tag.endswith("/NDS") for tag in tags), tags
         assert ("aqr/bias_scale" in tags) == (record.variant == "new_aqr")
+
+
+@pytest.mark.slow
+def test_the_report_shows_the_adaptive_windows_extents(tmp_path: Path, synth_root: Path) -> None:
+    """Baseline vs new AQR with adaptive windows: the report's AQR diagnostics carry the
+    predicted extents per modality, within their bounds."""
+    result = cli(
+        "run", "baseline", "new_aqr_adaptive", "--jobs", "2", "--spec", SMOKE_SPEC,
+        "--data-root", synth_root, "--results-root", tmp_path / "results",
+        "--work-root", tmp_path / "work",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output[-4000:]
+    text = (tmp_path / "results" / "smoke-smoke" / "report.md").read_text()
+    lines = text.split("AQR diagnostics")[1].splitlines()
+    header = next(line for line in lines if line.startswith("| variant"))
+    row = next(line for line in lines if line.startswith("| new_aqr_adaptive"))
+    cells = dict(zip(_cells(header), _cells(row), strict=True))
+    for name, (low, high) in {"bev_extent_mean": (3, 15), "cam_extent_mean": (1, 3)}.items():
+        assert low <= float(cells[f"aqr/{name}"]) <= high, cells
+    assert float(cells["aqr/bev_extent_std"]) >= 0 and float(cells["aqr/cam_extent_std"]) >= 0
+
+
+def _cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]

@@ -55,8 +55,10 @@ def test_dry_run_of_the_main_job_lists_runs_and_diffs_and_writes_nothing(tmp_pat
 def test_plan_of_the_whole_study_has_every_variant_and_sweep_value(tmp_path: Path) -> None:
     result = cli("plan", *_roots(tmp_path))
     assert result.exit_code == 0, result.output
-    assert "11 of 11 runs would start." in result.stdout
+    # pretrained, baseline, old_aqr, new_aqr, new_aqr_adaptive, 4 window sizes, 3 scales
+    assert "12 of 12 runs would start." in result.stdout
     assert f"{AQR}.type: — → 'old'" in result.stdout
+    assert f"{AQR}.window_mode: — → 'adaptive'" in result.stdout
     assert f"{AQR}.bias_scale: — → 0.5" in result.stdout
     assert nothing_written(tmp_path)
 
@@ -177,6 +179,12 @@ def test_window_size_not_positive(tmp_path: Path) -> None:
 def test_window_size_larger_than_the_feature_map(tmp_path: Path) -> None:
     message = _bad(tmp_path, "sweep", "window_size", "--values", "65", *_roots(tmp_path))
     assert "window_size=65 is larger than the BEV feature map (64x64 cells)" in message
+
+
+def test_adaptive_window_bounds_out_of_order(tmp_path: Path) -> None:
+    args = ["sweep", f"{AQR}.window_max", "--values", "2", "--variant", "new_aqr_adaptive"]
+    message = _bad(tmp_path, *args, *_roots(tmp_path))
+    assert f"{AQR}.window_min=3.0 exceeds {AQR}.window_max=2" in message
 
 
 def test_missing_data_root(tmp_path: Path) -> None:

@@ -17,7 +17,13 @@ from aqr_exp.spec import load_spec
 def test_default_spec_names_the_study_of_the_seed_report() -> None:
     spec = load_spec(paths.BUNDLED_SPEC)
     assert spec.study == "aqr_cmt"
-    assert list(spec.variants) == ["pretrained", "baseline", "old_aqr", "new_aqr"]
+    assert list(spec.variants) == [
+        "pretrained",
+        "baseline",
+        "old_aqr",
+        "new_aqr",
+        "new_aqr_adaptive",
+    ]
     assert spec.sweeps["window_size"].values == (5, 8, 10, 15)
     assert spec.sweeps["bias_scale"].values == (0.5, 1.0, 2.0)
     assert {s.variant for s in spec.sweeps.values()} == {"new_aqr"}
@@ -28,7 +34,7 @@ def test_default_spec_names_the_study_of_the_seed_report() -> None:
     assert demo.init_from == "pretrained"
     assert spec.variant_config(spec.variant("pretrained"), demo).is_file()
     assert all(p.init_from is None for p in spec.profiles.values() if p.name != "demo")
-    for name in ("old_aqr", "new_aqr"):
+    for name in ("old_aqr", "new_aqr", "new_aqr_adaptive"):
         for profile in spec.profiles.values():
             assert spec.variant_config(spec.variant(name), profile).is_file()
 

@@ -27,10 +27,12 @@ from aqr_exp.viz.overlays import (
 from aqr_exp.viz.weights import BUCKETS
 from cmt_aqr.aqr.cells import MemoryLayout, locate_queries
 from cmt_aqr.aqr.module import AdaptiveQueryRouting
+from cmt_aqr.aqr.weights import Routing
 
 SUFFIX = "lc_pillar100_r18_128x64_1xb2-demo_synth-nus.py"
 NEW = PLUGIN_CONFIGS / f"cmt-aqr-new_{SUFFIX}"
 OLD = PLUGIN_CONFIGS / f"cmt-aqr-old_{SUFFIX}"
+ADAPTIVE = PLUGIN_CONFIGS / f"cmt-aqr-adaptive_{SUFFIX}"
 BASELINE = PLUGIN_CONFIGS / f"cmt_{SUFFIX}"
 CLASSES = 10
 
@@ -78,9 +80,8 @@ def test_overlay_of_a_query_sits_on_its_projection_and_its_bev_cell(aqr_type: st
         IMAGE,
     )
     aqr = AdaptiveQueryRouting(8, type=aqr_type, window_size=3)
-    rows = query_token_rows(
-        aqr, cells, torch.tensor([[0.8]]), torch.tensor([[0.6]]), LAYOUT, torch.tensor([0])
-    )
+    routing = Routing(torch.tensor([[0.8]]), torch.tensor([[0.6]]))
+    rows = query_token_rows(aqr, cells, routing, LAYOUT, torch.tensor([0]))
     assert rows.shape == (1, LAYOUT.num_tokens)
     bev, cam = split_tokens(rows[0], LAYOUT)
     heat = camera_cells_to_pixels(cam, IMAGE)
@@ -128,7 +129,12 @@ def _png(path: Path) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    ("config", "queries"), [(NEW, ["--queries", "top"]), (OLD, ["-q", "3,7", "-q", "199"])]
+    ("config", "queries"),
+    [
+        (NEW, ["--queries", "top"]),
+        (OLD, ["-q", "3,7", "-q", "199"]),
+        (ADAPTIVE, ["--top", "2"]),
+    ],
 )
 def test_viz_bias_writes_camera_and_bev_pngs(
     config: Path, queries: list[str], data_root: Path, tmp_path: Path
@@ -141,7 +147,10 @@ def test_viz_bias_writes_camera_and_bev_pngs(
         _png(path)
 
 
-def test_viz_weights_writes_one_row_per_class_and_bucket(data_root: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("config", [NEW, ADAPTIVE])
+def test_viz_weights_writes_one_row_per_class_and_bucket(
+    config: Path, data_root: Path, tmp_path: Path
+) -> None:
     # A checkpoint of another variant (the baseline): the AQR weights stay freshly initialized.
     from mmdet3d.registry import MODELS
     from mmengine.config import Config
@@ -161,7 +170,7 @@ def test_viz_weights_writes_one_row_per_class_and_bucket(data_root: Path, tmp_pa
     out = tmp_path / "viz"
     torch.manual_seed(0)
     result = _invoke(
-        "weights", "-c", str(NEW), "-k", str(checkpoint), "--samples", "2", "--out", str(out)
+        "weights", "-c", str(config), "-k", str(checkpoint), "--samples", "2", "--out", str(out)
     )
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "weights.csv")
@@ -176,6 +185,36 @@ def test_viz_weights_writes_one_row_per_class_and_bucket(data_root: Path, tmp_pa
     assert not matched.duplicated(["sample", "query"]).any()  # one query per GT
     assert (table["bias_scale"].between(0.0, 5.0)).all()
     _png(out / "weights.png")
+    # adaptive windows: each matched query's predicted extents, within their bounds
+    adaptive = config == ADAPTIVE
+    assert (out / "extents.png").exists() == adaptive
+    assert matched["bev_extent"].notna().all() == adaptive
+    if adaptive:
+        _png(out / "extents.png")
+        assert matched["bev_extent"].between(3.0, 15.0).all()
+        assert matched["cam_extent"].between(1.0, 3.0).all()
+        filled = table[table["count"] > 0]
+        assert filled["bev_extent_mean"].between(3.0, 15.0).all()
+
+
+def test_the_bias_picture_follows_the_predicted_extent() -> None:
+    """A query that predicts a small window puts its bias on fewer cells."""
+    aqr = AdaptiveQueryRouting(8, type="new", window_mode="adaptive", window_profile="gaussian",
+                               window_min=2.0, window_max=15, cam_window_min=1.0,
+                               cam_window_max=3)  # fmt: skip
+    unseen = torch.zeros(1, 1, 6, dtype=torch.bool)
+    cells = locate_queries(
+        torch.tensor([[[0.5, 0.5, 0.5]]]), torch.zeros(1, 1, 6, 2), unseen, LAYOUT, IMAGE
+    )
+
+    def lit_cells(extent: float) -> int:
+        routing = Routing(torch.ones(1, 1), torch.ones(1, 1), torch.tensor([[extent]]),
+                          torch.ones(1, 1))  # fmt: skip
+        row = query_token_rows(aqr, cells, routing, LAYOUT, torch.tensor([0]))[0]
+        bev, _ = split_tokens(row, LAYOUT)
+        return int((bev > 0.5 * bev.max()).sum())
+
+    assert lit_cells(3.0) < lit_cells(8.0) < lit_cells(15.0)
 
 
 @pytest.mark.parametrize(

@@ -37,24 +37,38 @@ def _cells(batch: int, queries: int, gen: torch.Generator, camera_share: float) 
     )
 
 
-def _attend_and_grads(impl: str, spec: WindowSpec, dtype: torch.dtype, camera_share: float):
+def _attend_and_grads(
+    impl: str, spec: WindowSpec, dtype: torch.dtype, camera_share: float, adaptive: bool = False
+):
     """One cross-attention through WindowBias; the output and the gradients of a fixed
-    projection of it w.r.t. q, k, v, both weights and the learnable scale."""
+    projection of it w.r.t. q, k, v, both weights and the learnable scale (adaptive: and
+    each query's BEV and camera σ, as the extent predictor sets them)."""
     gen = torch.Generator().manual_seed(0)
     batch, heads, queries, dims = 2, 3, 11, 8
     cells = _cells(batch, queries, gen, camera_share)
 
+    trains = impl != "flex"  # flex has no backward on the CPU: its inputs take no grad
+
     def rand(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=gen, dtype=dtype).requires_grad_(True)
+        return torch.randn(*shape, generator=gen, dtype=dtype).requires_grad_(trains)
 
     q = rand(batch, heads, queries, dims)
     k = rand(batch, heads, LAYOUT.num_tokens, dims)
     v = rand(batch, heads, LAYOUT.num_tokens, dims)
     lidar_w, cam_w = rand(batch, queries), rand(batch, queries)
     scale = BiasScale(2.5, learnable=True).to(dtype)
-    out = WindowBias(cells, lidar_w, cam_w, scale(), LAYOUT, spec, impl).attend(q, k, v)
+    inputs = [q, k, v, lidar_w, cam_w, scale.logit]
+    sigmas = {}
+    if adaptive:
+        sigmas = {name: (0.3 + rand(batch, queries).detach().abs()).requires_grad_(trains)
+                  for name in ("bev_sigma", "cam_sigma")}  # fmt: skip
+        inputs += list(sigmas.values())
+    value = scale() if trains else scale().detach()
+    out = WindowBias(cells, lidar_w, cam_w, value, LAYOUT, spec, impl, **sigmas).attend(q, k, v)
+    if not trains:
+        return out, ()
     probe = torch.randn(out.shape, generator=gen, dtype=dtype)
-    grads = torch.autograd.grad((out * probe).sum(), [q, k, v, lidar_w, cam_w, scale.logit])
+    grads = torch.autograd.grad((out * probe).sum(), inputs)
     return out, grads
 
 
@@ -78,6 +92,23 @@ def test_window_equals_dense_in_float64(name: str, camera_share: float) -> None:
         # every gradient is exercised, but a camera weight no camera window reads
         assert (expected.abs().max() == 0) == (blind and index == 4)
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_adaptive_windows_agree_across_implementations(dtype: torch.dtype) -> None:
+    """Per-query σ (adaptive windows): window equals dense, outputs and every gradient,
+    the σ's included; flex, which trains on CUDA only, agrees in the forward pass."""
+    spec = WindowSpec(5, 3, profile="gaussian")
+    dense, dense_grads = _attend_and_grads("dense", spec, dtype, 0.7, adaptive=True)
+    window, window_grads = _attend_and_grads("window", spec, dtype, 0.7, adaptive=True)
+    tolerance = 1e-10 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(window, dense, rtol=0, atol=tolerance)
+    assert len(dense_grads) == 8 and all(grad.abs().max() > 0 for grad in dense_grads)
+    for got, expected in zip(window_grads, dense_grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=tolerance)
+    if dtype == torch.float32:
+        flex, _ = _attend_and_grads("flex", spec, dtype, 0.7, adaptive=True)
+        torch.testing.assert_close(flex, dense.detach(), rtol=0, atol=1e-4)
 
 
 def test_window_equals_dense_in_float32() -> None:

@@ -59,7 +59,7 @@ def _rgb_images(run: SampleRun) -> np.ndarray:
 def render(loaded: Loaded, run: SampleRun, queries: Tensor) -> dict[str, bytes]:
     """PNG bytes by file name: the camera overlays and the BEV map."""
     aqr = loaded.aqr
-    rows = query_token_rows(aqr, run.cells, run.lidar_w, run.cam_w, run.layout, queries)
+    rows = query_token_rows(aqr, run.cells, run.routing, run.layout, queries)
     bev_heat, cam_heat = split_tokens(rows.sum(axis=0), run.layout)
     image_size = run.ctx.image_size
     pixel_heat = camera_cells_to_pixels(cam_heat, image_size)
@@ -69,6 +69,13 @@ def render(loaded: Loaded, run: SampleRun, queries: Tensor) -> dict[str, bytes]:
     if aqr.type == "new":
         what = f"new AQR attention bias (scale {float(aqr.scale().detach()):.3f})"
         heat_label = "bias added to the attention logits"
+        if run.routing.bev_extent is not None:
+            bev = run.routing.bev_extent[0, queries].numpy()
+            cam = run.routing.cam_extent[0, queries].numpy()
+            what += (
+                f"; predicted windows (cells) BEV {' '.join(f'{e:.1f}' for e in bev)}, "
+                f"camera {' '.join(f'{e:.1f}' for e in cam)}"
+            )
     else:
         what = "old AQR feature-modulation weight (old AQR adds no attention bias)"
         heat_label = "weight the query splats onto the features"

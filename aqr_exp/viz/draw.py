@@ -138,18 +138,46 @@ def bev_figure(
     return png_bytes(fig)
 
 
+# Each pooled mean and the count that weighs it: camera values count the queries it sees.
+POOLED_MEANS = {
+    "lidar_w_mean": "count",
+    "cam_w_mean": "cam_seen",
+    "bev_extent_mean": "count",
+    "cam_extent_mean": "cam_seen",
+}
+
+
 def weights_figure(table: pd.DataFrame, title: str) -> bytes:
     """Mean LiDAR vs camera weight of the matched queries by class and by distance."""
+    bars = (("lidar_w_mean", "LiDAR weight"), ("cam_w_mean", "camera weight (seen)"))
+    return _bars_by_class_and_distance(table, bars, title, zero_line=True)
+
+
+def extents_figure(table: pd.DataFrame, title: str) -> bytes:
+    """Mean predicted window extent (cells) of the matched queries, per modality."""
+    bars = (
+        ("bev_extent_mean", "BEV window (cells)"),
+        ("cam_extent_mean", "camera window (cells, seen)"),
+    )
+    return _bars_by_class_and_distance(table, bars, title, zero_line=False)
+
+
+def _bars_by_class_and_distance(
+    table: pd.DataFrame, bars: tuple[tuple[str, str], ...], title: str, zero_line: bool
+) -> bytes:
     fig = Figure(figsize=(12, 4.5), layout="constrained")
     by_class_ax, by_distance_ax = fig.subplots(1, 2, width_ratios=(2, 1))
+    width = 0.8 / len(bars)
     for ax, key in ((by_class_ax, "class"), (by_distance_ax, "distance")):
         grouped = _pooled(table, key)
         positions = np.arange(len(grouped))
-        ax.bar(positions - 0.2, grouped["lidar_w_mean"], 0.4, label="LiDAR weight")
-        ax.bar(positions + 0.2, grouped["cam_w_mean"], 0.4, label="camera weight (seen)")
+        for i, (column, label) in enumerate(bars):
+            offset = (i - (len(bars) - 1) / 2) * width
+            ax.bar(positions + offset, grouped[column], width, label=label)
         ax.set_xticks(positions, [f"{k}\n(n={n})" for k, n in grouped["count"].items()])
         ax.tick_params(axis="x", labelsize=7, labelrotation=30)
-        ax.axhline(0.0, color="k", linewidth=0.5)
+        if zero_line:
+            ax.axhline(0.0, color="k", linewidth=0.5)
         ax.set_title(f"by {key}", fontsize=9)
     by_class_ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
@@ -158,15 +186,16 @@ def weights_figure(table: pd.DataFrame, title: str) -> bytes:
 
 def _pooled(table: pd.DataFrame, key: str) -> pd.DataFrame:
     """Count-weighted means over the other key (rows with no matches drop out)."""
-    table = table.assign(
-        lidar_sum=table["lidar_w_mean"].fillna(0) * table["count"],
-        cam_sum=table["cam_w_mean"].fillna(0) * table["cam_seen"],
+    means = [column for column in POOLED_MEANS if column in table]
+    sums = (
+        table.assign(
+            **{column: table[column].fillna(0) * table[POOLED_MEANS[column]] for column in means}
+        )
+        .groupby(key, sort=False)[["count", "cam_seen", *means]]
+        .sum()
     )
-    sums = table.groupby(key, sort=False)[["count", "cam_seen", "lidar_sum", "cam_sum"]].sum()
-    return pd.DataFrame(
-        {
-            "count": sums["count"],
-            "lidar_w_mean": sums["lidar_sum"] / sums["count"].where(sums["count"] > 0),
-            "cam_w_mean": sums["cam_sum"] / sums["cam_seen"].where(sums["cam_seen"] > 0),
-        }
-    )
+    pooled = {"count": sums["count"]}
+    for column in means:
+        weight = sums[POOLED_MEANS[column]]
+        pooled[column] = sums[column] / weight.where(weight > 0)
+    return pd.DataFrame(pooled)

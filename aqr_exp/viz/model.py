@@ -28,6 +28,7 @@ from aqr_exp.files import check_input_file
 from aqr_exp.viz import CONFIG_EXPECTED
 from cmt_aqr.aqr.cells import MemoryLayout, QueryCells
 from cmt_aqr.aqr.module import AdaptiveQueryRouting
+from cmt_aqr.aqr.weights import Routing
 from cmt_aqr.head import LayerOutputs, SceneContext
 
 log = logging.getLogger(__name__)
@@ -60,9 +61,16 @@ class SampleRun:
     ctx: SceneContext
     cells: QueryCells
     layout: MemoryLayout
-    lidar_w: Tensor  # [1, Q]
-    cam_w: Tensor  # [1, Q]
+    routing: Routing  # per query [1, Q]: weights, and window extents when adaptive
     outputs: LayerOutputs  # [L, 1, Q, ...]
+
+    @property
+    def lidar_w(self) -> Tensor:
+        return self.routing.lidar_w
+
+    @property
+    def cam_w(self) -> Tensor:
+        return self.routing.cam_w
 
     @property
     def gt(self) -> tuple[object, np.ndarray]:
@@ -134,9 +142,9 @@ def run_sample(loaded: Loaded, index: int) -> SampleRun:
     def keep_context(_module: nn.Module, args: tuple) -> None:
         seen["ctx"] = args[2]
 
-    def keep_weights(_module: nn.Module, args: tuple, output: tuple[Tensor, Tensor]) -> None:
+    def keep_weights(_module: nn.Module, args: tuple, output: Routing) -> None:
         seen["cells"], seen["layout"] = args[3], args[4]
-        seen["lidar_w"], seen["cam_w"] = output
+        seen["routing"] = output
 
     data = loaded.dataset[index]
     hooks = [
@@ -155,7 +163,6 @@ def run_sample(loaded: Loaded, index: int) -> SampleRun:
         seen["ctx"],
         seen["cells"],
         seen["layout"],
-        seen["lidar_w"],
-        seen["cam_w"],
+        seen["routing"],
         outputs,
     )

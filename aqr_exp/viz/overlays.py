@@ -16,6 +16,7 @@ from torch import Tensor
 from cmt_aqr.aqr.cells import MemoryLayout, QueryCells
 from cmt_aqr.aqr.module import AdaptiveQueryRouting
 from cmt_aqr.aqr.render import render_maps
+from cmt_aqr.aqr.weights import Routing
 
 # LiDARInstance3DBoxes.corners order: the 12 edges of a box, and its bottom face.
 BOX_EDGES = (
@@ -35,21 +36,22 @@ def select_queries(cells: QueryCells, queries: Tensor) -> QueryCells:
 def query_token_rows(
     aqr: AdaptiveQueryRouting,
     cells: QueryCells,
-    lidar_w: Tensor,
-    cam_w: Tensor,
+    routing: Routing,
     layout: MemoryLayout,
     queries: Tensor,
 ) -> np.ndarray:
     """Per chosen query of sample 0, its value on every memory token: [K, N].
 
-    New AQR: the attention bias row B[q, :] added to the cross-attention logits.
+    New AQR: the attention bias row B[q, :] added to the cross-attention logits (with
+    adaptive windows, shaped by each query's predicted extents).
     Old AQR (no bias): the query's own splat into the weight maps that multiply
     the BEV and camera features (before the sum over queries and the clamp).
     """
     chosen = select_queries(cells, queries)
-    lidar, cam = lidar_w[:, queries], cam_w[:, queries]
+    picked = Routing(*(None if t is None else t[:, queries] for t in routing))
     if aqr.type == "new":
-        return aqr.attention_bias(chosen, lidar, cam, layout).dense()[0, 0].cpu().numpy()
+        return aqr.attention_bias(chosen, picked, layout).dense()[0, 0].cpu().numpy()
+    lidar, cam = picked.lidar_w, picked.cam_w
     # Old AQR: every query on its own (as a batch of one-query samples) so the splats
     # of neighbouring queries do not add up.
     first = slice(0, 1)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aqr_exp.viz.bias import choose_queries, render
-from aqr_exp.viz.draw import weights_figure
+from aqr_exp.viz.draw import extents_figure, weights_figure
 from aqr_exp.viz.model import check_sample, load, run_sample
 from aqr_exp.viz.weights import collect
 
@@ -50,4 +50,6 @@ def weight_pictures(
         "weights-matched.csv": stats.matched.to_csv(index=False),
         "weights.png": weights_figure(stats.table, title),
     }
+    if loaded.aqr.window_mode == "adaptive":
+        files["extents.png"] = extents_figure(stats.table, title)
     return Pictures(files, title.replace("\n", " — "))

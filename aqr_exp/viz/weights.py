@@ -72,6 +72,10 @@ def collect(loaded: Loaded, samples: int | None, max_distance: float) -> WeightS
         query_xy = run.outputs.codes[-1, 0, :, :2].numpy()
         seen = run.cells.cam_valid[0].numpy()
         lidar_w, cam_w = run.lidar_w[0].numpy(), run.cam_w[0].numpy()
+        extents = [
+            np.full(lidar_w.shape, np.nan) if e is None else e[0].numpy()
+            for e in (run.routing.bev_extent, run.routing.cam_extent)
+        ]
         num_gt += len(gt_labels)
         for gt, query in match(query_xy, gt_center[:, :2], max_distance):
             distance = float(np.linalg.norm(gt_center[gt, :2]))
@@ -85,13 +89,16 @@ def collect(loaded: Loaded, samples: int | None, max_distance: float) -> WeightS
                     "lidar_w": float(lidar_w[query]),
                     "cam_w": float(cam_w[query]),
                     "cam_seen": bool(seen[query]),
+                    "bev_extent": float(extents[0][query]),
+                    "cam_extent": float(extents[1][query]),
                 }
             )
         log.info("sample %d/%d: %d GT boxes", index + 1, count, len(gt_labels))
     matched = pd.DataFrame(
         rows,
         columns=[
-            "sample", "query", "class", "distance_m", "distance", "lidar_w", "cam_w", "cam_seen"
+            "sample", "query", "class", "distance_m", "distance", "lidar_w", "cam_w", "cam_seen",
+            "bev_extent", "cam_extent",
         ],
     ).astype({"cam_seen": bool})  # fmt: skip
     aqr = loaded.aqr
@@ -102,8 +109,8 @@ def collect(loaded: Loaded, samples: int | None, max_distance: float) -> WeightS
 def summarize(matched: pd.DataFrame, class_names: list[str], bias_scale: float) -> pd.DataFrame:
     """One row per (class, distance bucket), empty ones included (count 0, NaN means).
 
-    The camera weight is averaged over the queries a camera sees: elsewhere the model
-    does not use it."""
+    The camera weight and window extent are averaged over the queries a camera sees:
+    elsewhere the model does not use them. Extents (cells) are NaN for fixed windows."""
     table = []
     for name in class_names:
         for bucket in BUCKETS:
@@ -121,6 +128,8 @@ def summarize(matched: pd.DataFrame, class_names: list[str], bias_scale: float) 
                         ((group["lidar_w"] > group["cam_w"]) | ~group["cam_seen"]).mean()
                     ),
                     "bias_scale": bias_scale,
+                    "bev_extent_mean": group["bev_extent"].mean(),
+                    "cam_extent_mean": seen["cam_extent"].mean(),
                 }
             )
     return pd.DataFrame(table)

@@ -276,20 +276,18 @@ class AqrCmtHead(BaseModule):
         if self.aqr is not None:
             layout = MemoryLayout(ctx.bev_size, img_feats.shape[1], ctx.cam_size)
             cells = locate_queries(ref_points, pixels, visible, layout, ctx.image_size)
-            lidar_w, cam_w = self.aqr.generator(
-                query + query_pos, memory, memory_pos, cells, layout
-            )
-            matching = cells.slice(pad)
+            routing = self.aqr.generator(query + query_pos, memory, memory_pos, cells, layout)
+            matching, matching_routing = cells.slice(pad), routing.sliced(pad)
             if self.aqr.type == "old":
                 # Only the matching queries are rendered: DN queries carry GT positions,
                 # and the maps are shared by every query.
                 bev, img_feats = self.aqr.modulate_features(
-                    bev, img_feats, matching, lidar_w[:, pad:], cam_w[:, pad:]
+                    bev, img_feats, matching, matching_routing.lidar_w, matching_routing.cam_w
                 )
                 memory = self._memory(bev, img_feats)
             else:
-                bias = self.aqr.attention_bias(cells, lidar_w, cam_w, layout)
-            stats = self.aqr.statistics(lidar_w[:, pad:], cam_w[:, pad:], matching)
+                bias = self.aqr.attention_bias(cells, routing, layout)
+            stats = self.aqr.statistics(matching_routing, matching)
         hidden = self.transformer.decoder(
             query, query_pos, memory, memory_pos, self_attn_blocked=blocked, cross_attn_bias=bias
         )

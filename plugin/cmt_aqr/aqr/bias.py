@@ -2,6 +2,10 @@
 
     softmax(q·k/√d + B[q, k]) · v,   B[q, k] = s · w(q, modality(k)) · g(k − c(q))
 
+g is 1 inside the window (uniform) or exp(−|k − c(q)|² / 2σ²) there (Gaussian); with
+adaptive windows σ is per query and modality, σ = extent / (2 · window_cut), and the
+window is the largest extent allowed.
+
 One formula (`window_bias`) written in index arithmetic serves every
 implementation: `dense` evaluates it on the whole [Q, N] grid once and
 broadcasts the [B, 1, Q, N] result over heads into scaled_dot_product_attention;
@@ -104,7 +108,8 @@ def window_bias(
     inside = inside & (is_bev | (query["cam_valid"] & (view == query["cam_view"])))
     if spec.profile == "gaussian":
         dist2 = (d_row * d_row + d_col * d_col).to(weight.dtype)
-        weight = weight * torch.exp(-dist2 / (2 * spec.sigma**2))
+        sigma = torch.where(is_bev, query["bev_sigma"], query["cam_sigma"])
+        weight = weight * torch.exp(-dist2 / (2 * sigma * sigma))
     return torch.where(inside, scale * weight, torch.zeros_like(weight))
 
 
@@ -128,7 +133,11 @@ class WindowBias:
         layout: MemoryLayout,
         spec: WindowSpec,
         impl: str = "auto",
+        bev_sigma: Tensor | None = None,
+        cam_sigma: Tensor | None = None,
     ) -> None:
+        """bev_sigma, cam_sigma [B, Q]: per-query Gaussian σ (adaptive windows); None
+        takes the spec's σ for every query."""
         if impl not in IMPLEMENTATIONS:
             raise ValueError(f"attn_impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
         self.cells = cells
@@ -141,6 +150,8 @@ class WindowBias:
             "cam_valid": cells.cam_valid,
             "lidar_w": lidar_w,
             "cam_w": cam_w,
+            "bev_sigma": torch.full_like(lidar_w, spec.sigma) if bev_sigma is None else bev_sigma,
+            "cam_sigma": torch.full_like(cam_w, spec.sigma) if cam_sigma is None else cam_sigma,
         }
         self.scale = scale
         self.layout = layout

@@ -7,9 +7,18 @@ from torch import Tensor, nn
 from cmt_aqr.aqr.bias import BiasScale, WindowBias, WindowSpec
 from cmt_aqr.aqr.cells import MemoryLayout, QueryCells
 from cmt_aqr.aqr.render import KERNELS, modulate, render_maps
-from cmt_aqr.aqr.weights import ModalityWeightGenerator
+from cmt_aqr.aqr.weights import ModalityWeightGenerator, Routing
 
 AQR_TYPES = ("old", "new")
+WINDOW_MODES = ("fixed", "adaptive")
+
+
+def _extent_bounds(name: str, low: float | None, high: int) -> tuple[float, float]:
+    if low is None:
+        raise ValueError(f"aqr.window_mode='adaptive' needs aqr.{name}_min (cells)")
+    if not 0 < low <= high:
+        raise ValueError(f"aqr.{name}_min must lie in (0, {name}_max={high}], got {low}")
+    return float(low), float(high)
 
 
 class AdaptiveQueryRouting(nn.Module):
@@ -38,19 +47,47 @@ class AdaptiveQueryRouting(nn.Module):
         render_sigma: float = 1.0,
         max_weight: float = 1.5,
         residual: float = 0.7,
+        window_mode: str = "fixed",
+        window_min: float | None = None,
+        window_max: int | None = None,
+        cam_window_min: float | None = None,
+        cam_window_max: int | None = None,
+        window_cut: float = 2.0,
     ) -> None:
+        """window_mode 'adaptive': each query predicts its BEV and camera window extents
+        in [window_min, window_max] and [cam_window_min, cam_window_max] cells; its
+        Gaussian σ is extent / (2 · window_cut), inside the largest window."""
         super().__init__()
         if type not in AQR_TYPES:
             raise ValueError(f"aqr.type must be one of {AQR_TYPES}, got {type!r}")
         if render_kernel not in KERNELS:
             raise ValueError(f"aqr.render_kernel must be one of {KERNELS}, got {render_kernel!r}")
+        if window_mode not in WINDOW_MODES:
+            raise ValueError(f"aqr.window_mode must be one of {WINDOW_MODES}, got {window_mode!r}")
         self.type = type
+        self.window_mode = window_mode
+        bev_window, cam_window = bev_window or window_size, cam_window or window_size
+        bounds = None
+        if window_mode == "adaptive":
+            if type != "new" or window_profile != "gaussian" or scope != "local":
+                raise ValueError(
+                    "aqr.window_mode='adaptive' needs type='new', window_profile='gaussian' "
+                    f"and scope='local', got {type!r}, {window_profile!r}, {scope!r}"
+                )
+            if window_cut <= 0:
+                raise ValueError(f"aqr.window_cut must be positive, got {window_cut}")
+            bev_window, cam_window = window_max or bev_window, cam_window_max or cam_window
+            bounds = (
+                _extent_bounds("window", window_min, bev_window),
+                _extent_bounds("cam_window", cam_window_min, cam_window),
+            )
+        self.window_cut = window_cut
         self.generator = ModalityWeightGenerator(
-            embed_dims, encoder_heads, encoder_window, weight_activation
+            embed_dims, encoder_heads, encoder_window, weight_activation, bounds
         )
         self.spec = WindowSpec(
-            bev_window=bev_window or window_size,
-            cam_window=cam_window or window_size,
+            bev_window=bev_window,
+            cam_window=cam_window,
             profile=window_profile,
             sigma=window_sigma,
             scope=scope,
@@ -94,14 +131,32 @@ class AdaptiveQueryRouting(nn.Module):
             img, cam_map[:, :, None], self.residual
         )
 
-    def attention_bias(
-        self, cells: QueryCells, lidar_w: Tensor, cam_w: Tensor, layout: MemoryLayout
-    ) -> WindowBias:
-        return WindowBias(cells, lidar_w, cam_w, self.scale(), layout, self.spec, self.attn_impl)
+    def sigmas(self, routing: Routing) -> tuple[Tensor | None, Tensor | None]:
+        """Per-query Gaussian σ of the BEV and camera windows (None: fixed windows)."""
+        if routing.bev_extent is None or routing.cam_extent is None:
+            return None, None
+        half = 2 * self.window_cut
+        return routing.bev_extent / half, routing.cam_extent / half
 
-    def statistics(self, lidar_w: Tensor, cam_w: Tensor, cells: QueryCells) -> dict[str, Tensor]:
+    def attention_bias(
+        self, cells: QueryCells, routing: Routing, layout: MemoryLayout
+    ) -> WindowBias:
+        bev_sigma, cam_sigma = self.sigmas(routing)
+        return WindowBias(
+            cells,
+            routing.lidar_w,
+            routing.cam_w,
+            self.scale(),
+            layout,
+            self.spec,
+            self.attn_impl,
+            bev_sigma,
+            cam_sigma,
+        )
+
+    def statistics(self, routing: Routing, cells: QueryCells) -> dict[str, Tensor]:
         """Detached scalars for the training log (keys without 'loss': not optimized)."""
-        lidar_w, cam_w = lidar_w.detach(), cam_w.detach()
+        lidar_w, cam_w = routing.lidar_w.detach(), routing.cam_w.detach()
         seen = cells.cam_valid
         count = seen.sum().clamp(min=1)
         stats = {
@@ -115,4 +170,10 @@ class AdaptiveQueryRouting(nn.Module):
             stats["aqr/bias_scale"] = scale
             inside = lidar_w.sum() + (cam_w * seen).sum()
             stats["aqr/bias_in_window_mean"] = scale * inside / (lidar_w.numel() + count)
+        if routing.bev_extent is not None and routing.cam_extent is not None:
+            bev, cam = routing.bev_extent.detach(), routing.cam_extent.detach()[seen]
+            stats["aqr/bev_extent_mean"] = bev.mean()
+            stats["aqr/bev_extent_std"] = bev.std() if bev.numel() > 1 else bev.new_zeros(())
+            stats["aqr/cam_extent_mean"] = cam.mean() if cam.numel() else cam.new_zeros(())
+            stats["aqr/cam_extent_std"] = cam.std() if cam.numel() > 1 else cam.new_zeros(())
         return stats

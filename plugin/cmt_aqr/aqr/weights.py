@@ -3,9 +3,14 @@
 A 4-head cross-attention from each query to the memory tokens in a window
 around its BEV cell and its camera cell (keys are projected once and gathered, so
 the cost is N + Q x window², not Q x N), then Linear(C -> 2) and tanh or sigmoid.
+With extent bounds (adaptive windows) a second Linear(C -> 2) predicts, per query and
+modality, how far the query should look: an extent in cells within the bounds, through
+a sigmoid, so it is differentiable everywhere and never leaves them.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -19,10 +24,35 @@ from cmt_aqr.aqr.cells import (
     window_offsets,
 )
 
+Bounds = tuple[tuple[float, float], tuple[float, float]]  # (BEV, camera) (min, max) cells
+
+
+class Routing(NamedTuple):
+    """What the generator predicts per query [B, Q]: the modality weights and, with
+    adaptive windows, the BEV and camera window extents in cells."""
+
+    lidar_w: Tensor
+    cam_w: Tensor
+    bev_extent: Tensor | None = None
+    cam_extent: Tensor | None = None
+
+    def sliced(self, start: int) -> Routing:
+        """The queries from `start` on (e.g. without the denoising queries)."""
+        return Routing(*(None if t is None else t[:, start:] for t in self))
+
+
+def bounded(logits: Tensor, low: float, high: float) -> Tensor:
+    return low + (high - low) * torch.sigmoid(logits)
+
 
 class ModalityWeightGenerator(nn.Module):
     def __init__(
-        self, embed_dims: int, num_heads: int = 4, window: int = 5, activation: str = "tanh"
+        self,
+        embed_dims: int,
+        num_heads: int = 4,
+        window: int = 5,
+        activation: str = "tanh",
+        extent_bounds: Bounds | None = None,
     ) -> None:
         super().__init__()
         if activation not in ("tanh", "sigmoid"):
@@ -33,6 +63,12 @@ class ModalityWeightGenerator(nn.Module):
         self.activation = activation
         self.attn = nn.MultiheadAttention(embed_dims, num_heads, batch_first=True)
         self.to_weights = nn.Linear(embed_dims, 2)
+        self.extent_bounds = extent_bounds
+        if extent_bounds is not None:
+            # Zero init: every query starts at the middle of its bounds.
+            self.to_extents = nn.Linear(embed_dims, 2)
+            nn.init.zeros_(self.to_extents.weight)
+            nn.init.zeros_(self.to_extents.bias)
 
     def forward(
         self,
@@ -41,8 +77,8 @@ class ModalityWeightGenerator(nn.Module):
         memory_pos: Tensor,
         cells: QueryCells,
         layout: MemoryLayout,
-    ) -> tuple[Tensor, Tensor]:
-        """query [B, Q, C] (content + position); memory(_pos) [B, N, C] -> lidar_w, cam_w [B, Q]."""
+    ) -> Routing:
+        """query [B, Q, C] (content + position); memory(_pos) [B, N, C] -> per query [B, Q]."""
         batch, num_query, _ = query.shape
         index, valid = window_keys(cells, layout, self.window, self.window)
         # nn.MultiheadAttention's own parameters, applied to the whole memory once and
@@ -61,4 +97,13 @@ class ModalityWeightGenerator(nn.Module):
         out = self.attn.out_proj((attn[..., None] * value).sum(dim=2).reshape(query.shape))
         logits = self.to_weights(out)
         weights = torch.tanh(logits) if self.activation == "tanh" else torch.sigmoid(logits)
-        return weights[..., 0], weights[..., 1]
+        if self.extent_bounds is None:
+            return Routing(weights[..., 0], weights[..., 1])
+        extents = self.to_extents(out)
+        (bev_lo, bev_hi), (cam_lo, cam_hi) = self.extent_bounds
+        return Routing(
+            weights[..., 0],
+            weights[..., 1],
+            bounded(extents[..., 0], bev_lo, bev_hi),
+            bounded(extents[..., 1], cam_lo, cam_hi),
+        )
