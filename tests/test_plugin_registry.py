@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from mmdet3d.registry import METRICS, MODELS, TASK_UTILS, TRANSFORMS
+from mmdet3d.registry import HOOKS, METRICS, MODELS, TASK_UTILS, TRANSFORMS, WEIGHT_INITIALIZERS
 from mmengine.config import Config
 from mmengine.registry import Registry, init_default_scope
 
@@ -39,8 +39,12 @@ EXPECTED = {
         "CmtGlobalRotScaleTrans",
         "CmtImageAug",
         "CmtModalityMask",
+        "CmtUnifiedDataBaseSampler",
+        "CmtUnifiedObjectSample",
     },
     "METRICS": {"CmtNuScenesMetric"},
+    "HOOKS": {"CmtObjectSampleSwitchHook"},
+    "WEIGHT_INITIALIZERS": {"CmtPretrainedBackbone"},
 }
 
 
@@ -53,7 +57,12 @@ def _plugin_entries(registry: Registry) -> dict[str, type]:
 
 
 def test_plugin_registers_only_prefixed_names_in_mmdet3d() -> None:
-    registries = {**REGISTRIES, "METRICS": METRICS}
+    registries = {
+        **REGISTRIES,
+        "METRICS": METRICS,
+        "HOOKS": HOOKS,
+        "WEIGHT_INITIALIZERS": WEIGHT_INITIALIZERS,
+    }
     for key, names in EXPECTED.items():
         entries = _plugin_entries(registries[key])
         assert set(entries) == names, key
