@@ -147,6 +147,21 @@ def test_cmts_info_files_are_converted_to_v2_and_kept(synth_root: Path, tmp_path
         )
         assert set(_load(root / f"nuscenes_infos_{split}.v1.pkl")) == {"infos", "metadata"}
     assert not (root / "nuscenes_dbinfos_train.pkl").exists()
+    # --force rebuilds from the tables; CMT's originals stay where they were kept
+    kept = (root / "nuscenes_infos_train.v1.pkl").read_bytes()
+    forced = _prepare("nuscenes", "--root", root, "--no-gt-database", "--force")
+    assert "nuscenes_infos_train.pkl: written from the tables" in forced.stdout
+    assert (root / "nuscenes_infos_train.v1.pkl").read_bytes() == kept
+
+
+def test_force_keeps_cmts_info_files_too(synth_root: Path, tmp_path: Path) -> None:
+    root = _download(synth_root, tmp_path / "nuscenes")
+    mmdet3d_tool("nuscenes_converter").create_nuscenes_infos(str(root), "nuscenes")
+    original = (root / "nuscenes_infos_val.pkl").read_bytes()
+    result = _prepare("nuscenes", "--root", root, "--no-gt-database", "--force")
+    assert result.exit_code == 0, result.output
+    assert (root / "nuscenes_infos_val.v1.pkl").read_bytes() == original
+    assert set(_load(root / "nuscenes_infos_val.pkl")) >= {"data_list", "metainfo"}
 
 
 def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path: Path) -> None:

@@ -140,8 +140,8 @@ def prepare_infos(root: Path, scratch: Path, max_sweeps: int, force: bool) -> li
         final, kept = root / INFO.format(split), root / INFO_V1_KEPT.format(split)
         v1_file = scratch / f"v1_infos_{split}.pkl" if source is None else source
         converted = _to_v2(v1_file, root, scratch)
-        if source == final:
-            os.replace(final, kept)
+        if final.is_file() and info_format(final) == "v1" and not kept.exists():
+            os.replace(final, kept)  # CMT's original is kept, --force or not
         os.replace(converted, final)
         how = "from the tables" if source is None else f"from {source.name} (mmdet3d 1.0)"
         done.append(f"{final.name}: written {how}")
