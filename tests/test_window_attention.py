@@ -136,6 +136,15 @@ def test_auto_on_the_cpu_takes_window_while_windows_are_small(
     assert bias.resolve_impl(torch.zeros(1)) == expected
 
 
+def test_auto_off_the_cpu_takes_dense() -> None:
+    """The fastest exact path measured on a GPU (docs/benchmarks.md); a meta tensor stands
+    in for a CUDA one here."""
+    cells = _cells(1, 2, torch.Generator().manual_seed(0), 1.0)
+    weights = torch.zeros(1, 2)
+    bias = WindowBias(cells, weights, weights, torch.tensor(1.0), LAYOUT, WindowSpec(3, 3), "auto")
+    assert bias.resolve_impl(torch.empty(1, device="meta")) == "dense"
+
+
 def test_window_refuses_a_device_without_its_fused_kernel() -> None:
     gen = torch.Generator().manual_seed(0)
     cells = _cells(1, 2, gen, 1.0)

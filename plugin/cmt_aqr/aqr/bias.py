@@ -91,7 +91,7 @@ def window_bias(
     key_index: Tensor,
     layout: MemoryLayout,
     spec: WindowSpec,
-    scale: Tensor,
+    scale: Tensor | float,
 ) -> Tensor:
     """B[q, k] from per-query values (broadcastable against key_index)."""
     is_bev, view, row, col = key_coordinates(key_index, layout)
@@ -161,14 +161,14 @@ class WindowBias:
         self._window: tuple[Tensor, Tensor, Tensor] | None = None
 
     def resolve_impl(self, q: Tensor) -> str:
-        """auto: flex where it can train (CUDA); on the CPU window while the windows are
-        small next to the memory (measured: docs/window-attention.md), else dense.
-        A global scope has no window: `window` computes it densely."""
+        """auto: the fastest exact path measured on each device. CUDA: dense (forward +
+        backward 1.07-1.15x the no-bias floor on an H200, flex 1.7-2.3x; flex keeps the
+        floor's memory, the choice where memory binds: docs/benchmarks.md). CPU: window
+        while the windows are small next to the memory (docs/window-attention.md), else
+        dense. A global scope has no window: `window` computes it densely."""
         impl = self.impl
         if impl == "auto":
-            if q.is_cuda:
-                impl = "flex" if _import_flex() is not None else "dense"
-            elif q.device.type == "cpu":
+            if q.device.type == "cpu":
                 per_query = self.spec.bev_window**2 + self.spec.cam_window**2
                 small = per_query <= WINDOW_SHARE_MAX * self.layout.num_tokens
                 impl = "window" if small else "dense"
@@ -197,11 +197,19 @@ class WindowBias:
         return self._window
 
     def score_mod(self):
-        query, layout, spec, scale = self.query, self.layout, self.spec, self.scale
+        # The scale goes into the per-query weights here, outside the kernel: flex's
+        # compiled backward cannot return a gradient for a captured 0-d tensor (torch 2.11,
+        # measured in docs/benchmarks.md), but can for captured per-query values.
+        query = {
+            **self.query,
+            "lidar_w": self.query["lidar_w"] * self.scale,
+            "cam_w": self.query["cam_w"] * self.scale,
+        }
+        layout, spec = self.layout, self.spec
 
         def add_bias(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
             per_query = {name: value[b, q_idx] for name, value in query.items()}
-            return score + window_bias(per_query, kv_idx, layout, spec, scale).to(score.dtype)
+            return score + window_bias(per_query, kv_idx, layout, spec, 1.0).to(score.dtype)
 
         return add_bias
 
