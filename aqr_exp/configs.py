@@ -330,57 +330,48 @@ def _is_pretrained(init: Any) -> bool:
     return isinstance(init, Mapping) and init.get("type") in PRETRAINED_INITS
 
 
-def _init_owners(value: Any, key: str) -> Iterator[tuple[str, Any]]:
-    """(key, module dict) of every part of the model whose init_cfg loads a file."""
+def _owners_of(value: Any, name: str, key: str) -> Iterator[tuple[str, Any]]:
+    """(key, dict) of every dict under `value` that has an entry `name`."""
     if isinstance(value, Mapping):
-        init = value.get("init_cfg")
-        if any(_is_pretrained(item) for item in (init if isinstance(init, list) else [init])):
+        if name in value:
             yield key, value
-        for name, child in value.items():
-            yield from _init_owners(child, f"{key}.{name}")
+        for child_name, child in value.items():
+            yield from _owners_of(child, name, f"{key}.{child_name}")
     elif isinstance(value, list):
         for index, child in enumerate(value):
-            yield from _init_owners(child, f"{key}[{index}]")
+            yield from _owners_of(child, name, f"{key}[{index}]")
+
+
+def _inits(owner: Mapping[str, Any]) -> list[Any]:
+    init = owner["init_cfg"]
+    return init if isinstance(init, list) else [init]
 
 
 def pretrained_files(cfg: Config) -> list[tuple[str, str]]:
     """(config key, local file) of every weight file the model's init_cfgs load."""
-    found = []
-    for key, owner in _init_owners(cfg.get("model") or {}, "model"):
-        init = owner["init_cfg"]
-        for item in init if isinstance(init, list) else [init]:
-            path = str(item.get("checkpoint", "")) if _is_pretrained(item) else ""
-            if path and "://" not in path:
-                found.append((f"{key}.init_cfg.checkpoint", path))
-    return found
+    return [
+        (f"{key}.init_cfg.checkpoint", str(item["checkpoint"]))
+        for key, owner in _owners_of(cfg.get("model") or {}, "init_cfg", "model")
+        for item in _inits(owner)
+        if _is_pretrained(item) and "://" not in str(item.get("checkpoint", "://"))
+    ]
 
 
 def drop_pretrained_inits(cfg: Config) -> None:
     """Train without the pretrained inits: `load_from` or a resume replaces every weight
     they would load, so their files need not exist."""
-    for _, owner in list(_init_owners(cfg.get("model") or {}, "model")):
-        init = owner["init_cfg"]
-        items = init if isinstance(init, list) else [init]
-        owner["init_cfg"] = [item for item in items if not _is_pretrained(item)] or None
-
-
-def _values_named(value: Any, name: str, key: str) -> Iterator[tuple[str, Any]]:
-    if isinstance(value, Mapping):
-        for child_name, child in value.items():
-            child_key = f"{key}.{child_name}"
-            if child_name == name:
-                yield child_key, child
-            yield from _values_named(child, name, child_key)
-    elif isinstance(value, list):
-        for index, child in enumerate(value):
-            yield from _values_named(child, name, f"{key}[{index}]")
+    for _, owner in list(_owners_of(cfg.get("model") or {}, "init_cfg", "model")):
+        if any(_is_pretrained(item) for item in _inits(owner)):
+            kept = [item for item in _inits(owner) if not _is_pretrained(item)]
+            owner["init_cfg"] = kept or None
 
 
 def gt_database_files(cfg: Config) -> list[tuple[str, str]]:
     """(config key, file) of every GT-sampling database the training pipeline reads."""
     loader = cfg.get("train_dataloader") or {}
     return [
-        (key, str(path)) for key, path in _values_named(loader, "info_path", "train_dataloader")
+        (f"{key}.info_path", str(owner["info_path"]))
+        for key, owner in _owners_of(loader, "info_path", "train_dataloader")
     ]
 
 
@@ -395,11 +386,11 @@ def check_input_files(cfg: Config, where: str) -> None:
             f"{listed} ({where}); the README's full-scale section says where to get them, "
             "or set load_from to a trained checkpoint"
         )
-    databases = [(key, path) for key, path in gt_database_files(cfg) if not Path(path).is_file()]
-    if databases:
-        key, path = databases[0]
+    missing = [(key, path) for key, path in gt_database_files(cfg) if not Path(path).is_file()]
+    if missing:
+        listed = "; ".join(f"{path} ({key})" for key, path in missing)
         raise AqrError(
-            f"{Path(cfg.filename).name} trains with GT-sampling, whose database {path} ({key}) "
+            f"{Path(cfg.filename).name} trains with GT-sampling, whose database {listed} "
             f"is missing ({where}): build it with `aqr-exp data prepare nuscenes --root "
             f"{cfg.get('data_root')}`"
         )

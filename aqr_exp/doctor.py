@@ -172,7 +172,7 @@ def check_profile(spec: Spec, profile: str | None, data_root: Path | None) -> li
             else Check(name, True, f"{root} with {', '.join(infos)}")
         ]
     where = importlib.import_module("cmt_aqr.pretrained").WHERE_USERS_GET_THEM
-    for name, files, fix in (
+    for label, files, fix in (
         ("pretrained weights", configs.pretrained_files, where),
         ("GT database", configs.gt_database_files, prepare),
     ):
@@ -180,7 +180,7 @@ def check_profile(spec: Spec, profile: str | None, data_root: Path | None) -> li
         for path, key in sorted(needed.items()):
             found = Path(path).is_file()
             detail = f"{path} ({key})" + ("" if found else ": missing")
-            checks.append(Check(name, found, detail, fix))
+            checks.append(Check(label, found, detail, fix))
     return checks
 
 

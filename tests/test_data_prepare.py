@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fixtures.gt_sampling import db_sampler
 from mmdet3d.registry import TRANSFORMS
 from mmengine.registry import init_default_scope
 from typer.testing import CliRunner
@@ -17,9 +18,6 @@ from typer.testing import CliRunner
 from aqr_exp.cli.main import app
 from aqr_exp.data.check import check_data_root
 from aqr_exp.data.prepare import best_image_crop, mmdet3d_tool
-
-CLASSES = ["car", "truck", "construction_vehicle", "bus", "trailer", "barrier",
-           "motorcycle", "bicycle", "pedestrian", "traffic_cone"]  # fmt: skip
 
 
 def _prepare(*args: object) -> Any:
@@ -92,19 +90,7 @@ def test_prepare_rebuilds_the_generators_infos_and_a_usable_gt_database(
     # collision-free draws, and each drawn object's points. (Its ObjectSample transform
     # itself stops at `np.long`, gone since numpy 1.24, in mmdet3d 1.4.)
     init_default_scope("mmdet3d")
-    sampler = TRANSFORMS.build(
-        dict(
-            type="DataBaseSampler",
-            data_root=str(root) + "/",
-            info_path=str(root / "nuscenes_dbinfos_train.pkl"),
-            rate=1.0,
-            prepare=dict(filter_by_min_points={name: 5 for name in CLASSES}),
-            classes=CLASSES,
-            sample_groups={name: 2 for name in CLASSES},
-            points_loader=dict(type="LoadPointsFromFile", coord_type="LIDAR", load_dim=5,
-                               use_dim=[0, 1, 2, 3, 4]),
-        )
-    )  # fmt: skip
+    sampler = TRANSFORMS.build(dict(type="DataBaseSampler", **db_sampler(root, per_class=2)))
     cars = sampler.sample_class_v2("car", 4, np.zeros((0, 9)))  # draws that collide are dropped
     assert 1 <= len(cars) <= 4 and all(car["num_points_in_gt"] >= 5 for car in cars)
     for car in cars:

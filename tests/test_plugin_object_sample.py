@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures.gt_sampling import db_sampler
 from fixtures.training import train_py
 from mmdet3d.registry import DATASETS
 from mmdet3d.structures.ops import box_np_ops
@@ -24,8 +25,6 @@ from cmt_aqr.object_sample import CmtUnifiedObjectSample, paste_patches
 
 DEMO = PLUGIN_CONFIGS / "cmt_lc_pillar100_r18_128x64_1xb2-demo_synth-nus.py"
 SMOKE = PLUGIN_CONFIGS / "cmt_lc_pillar100_r18_128x64_1xb2-smoke_synth-nus.py"
-CLASSES = ["car", "truck", "construction_vehicle", "bus", "trailer", "barrier",
-           "motorcycle", "bicycle", "pedestrian", "traffic_cone"]  # fmt: skip
 
 
 def _sampler_step(root: Path, mixup_rate: float = 0.5) -> dict:
@@ -33,17 +32,8 @@ def _sampler_step(root: Path, mixup_rate: float = 0.5) -> dict:
         type="CmtUnifiedObjectSample",
         sample_2d=True,
         mixup_rate=mixup_rate,
-        db_sampler=dict(
-            data_root=f"{root}/",
-            info_path=f"{root}/nuscenes_dbinfos_train.pkl",
-            rate=1.0,
-            prepare=dict(filter_by_min_points={name: 5 for name in CLASSES}),
-            classes=CLASSES,
-            sample_groups={name: 4 for name in CLASSES},
-            points_loader=dict(type="LoadPointsFromFile", coord_type="LIDAR", load_dim=5,
-                               use_dim=[0, 1, 2, 3, 4]),
-        ),
-    )  # fmt: skip
+        db_sampler=db_sampler(root, per_class=4),
+    )
 
 
 def _loaded_samples(root: Path, extra: list[dict]) -> object:

@@ -108,22 +108,25 @@ def _to_v2(v1_file: Path, root: Path, scratch: Path) -> Path:
     with _nuscenes_at_default_path(root):
         mmdet3d_tool("update_infos_to_v2").update_nuscenes_infos(str(v1_file), str(out_dir))
     converted = out_dir / v1_file.name
-    if info_format(converted) != "v2":
-        raise AqrError(f"mmdet3d's converter did not write a v2 info file from {v1_file}")
+    if not converted.is_file():
+        raise AqrError(f"mmdet3d's converter wrote no v2 info file from {v1_file}")
     return converted
 
 
 def prepare_infos(root: Path, scratch: Path, max_sweeps: int, force: bool) -> list[str]:
     """The v2 info file of each split: kept when it is one, converted from mmdet3d 1.0's
     format (the original kept beside it), otherwise built from the tables."""
-    done, sources = [], {}
+    done, sources, keep_original = [], {}, set()
     for split in SPLITS:
         final, kept = root / INFO.format(split), root / INFO_V1_KEPT.format(split)
+        current = info_format(final) if final.is_file() else None  # read once: it can be large
+        if current == "v1" and not kept.exists():
+            keep_original.add(split)  # CMT's original is kept, --force or not
         if force:
             sources[split] = None
-        elif final.is_file() and info_format(final) == "v2":
+        elif current == "v2":
             done.append(f"{final.name}: mmdet3d v2 already, kept")
-        elif final.is_file():
+        elif current == "v1":
             sources[split] = final
         elif kept.is_file() and info_format(kept) == "v1":
             sources[split] = kept
@@ -140,8 +143,8 @@ def prepare_infos(root: Path, scratch: Path, max_sweeps: int, force: bool) -> li
         final, kept = root / INFO.format(split), root / INFO_V1_KEPT.format(split)
         v1_file = scratch / f"v1_infos_{split}.pkl" if source is None else source
         converted = _to_v2(v1_file, root, scratch)
-        if final.is_file() and info_format(final) == "v1" and not kept.exists():
-            os.replace(final, kept)  # CMT's original is kept, --force or not
+        if split in keep_original:
+            os.replace(final, kept)
         os.replace(converted, final)
         how = "from the tables" if source is None else f"from {source.name} (mmdet3d 1.0)"
         done.append(f"{final.name}: written {how}")

@@ -48,7 +48,7 @@ def query_token_rows(
     the BEV and camera features (before the sum over queries and the clamp).
     """
     chosen = select_queries(cells, queries)
-    picked = Routing(*(None if t is None else t[:, queries] for t in routing))
+    picked = routing.pick(queries)
     if aqr.type == "new":
         return aqr.attention_bias(chosen, picked, layout).dense()[0, 0].cpu().numpy()
     lidar, cam = picked.lidar_w, picked.cam_w

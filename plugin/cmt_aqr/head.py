@@ -277,7 +277,7 @@ class AqrCmtHead(BaseModule):
             layout = MemoryLayout(ctx.bev_size, img_feats.shape[1], ctx.cam_size)
             cells = locate_queries(ref_points, pixels, visible, layout, ctx.image_size)
             routing = self.aqr.generator(query + query_pos, memory, memory_pos, cells, layout)
-            matching, matching_routing = cells.slice(pad), routing.sliced(pad)
+            matching, matching_routing = cells.slice(pad), routing.pick(slice(pad, None))
             if self.aqr.type == "old":
                 # Only the matching queries are rendered: DN queries carry GT positions,
                 # and the maps are shared by every query.

@@ -46,7 +46,7 @@ def backbone_weights(
 ) -> dict[str, torch.Tensor]:
     """The backbone's tensors out of a checkpoint's state dict, under the first prefix
     that has them all; an error says what the best prefix lacked."""
-    best: tuple[int, str, list[str]] | None = None
+    best: tuple[str, list[str]] | None = None
     for prefix in prefixes:
         found = {name: state_dict[prefix + name] for name in wanted if prefix + name in state_dict}
         missing = [name for name in wanted if name not in found]
@@ -62,10 +62,10 @@ def backbone_weights(
                     f"backbone's, e.g. {', '.join(wrong[:3])}: weights of another backbone?"
                 )
             return found
-        if best is None or len(missing) < len(best[2]):
-            best = (len(found), prefix, missing)
+        if best is None or len(missing) < len(best[1]):
+            best = (prefix, missing)
     assert best is not None, "no key prefix to try"
-    _, prefix, missing = best
+    prefix, missing = best
     raise ValueError(
         f"{source}: no weights for {len(missing)} of the image backbone's {len(wanted)} "
         f"tensors (looked for keys under {', '.join(repr(p) for p in prefixes)}; best "

@@ -171,9 +171,9 @@ class AdaptiveQueryRouting(nn.Module):
             inside = lidar_w.sum() + (cam_w * seen).sum()
             stats["aqr/bias_in_window_mean"] = scale * inside / (lidar_w.numel() + count)
         if routing.bev_extent is not None and routing.cam_extent is not None:
-            bev, cam = routing.bev_extent.detach(), routing.cam_extent.detach()[seen]
-            stats["aqr/bev_extent_mean"] = bev.mean()
-            stats["aqr/bev_extent_std"] = bev.std() if bev.numel() > 1 else bev.new_zeros(())
-            stats["aqr/cam_extent_mean"] = cam.mean() if cam.numel() else cam.new_zeros(())
-            stats["aqr/cam_extent_std"] = cam.std() if cam.numel() > 1 else cam.new_zeros(())
+            extents = {"bev": routing.bev_extent.detach(), "cam": routing.cam_extent.detach()[seen]}
+            for name, values in extents.items():
+                zero = values.new_zeros(())
+                stats[f"aqr/{name}_extent_mean"] = values.mean() if values.numel() else zero
+                stats[f"aqr/{name}_extent_std"] = values.std() if values.numel() > 1 else zero
         return stats

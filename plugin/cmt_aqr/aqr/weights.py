@@ -36,9 +36,9 @@ class Routing(NamedTuple):
     bev_extent: Tensor | None = None
     cam_extent: Tensor | None = None
 
-    def sliced(self, start: int) -> Routing:
-        """The queries from `start` on (e.g. without the denoising queries)."""
-        return Routing(*(None if t is None else t[:, start:] for t in self))
+    def pick(self, queries: slice | Tensor) -> Routing:
+        """Some of the queries (e.g. all but the denoising ones, or the chosen few)."""
+        return Routing(*(None if t is None else t[:, queries] for t in self))
 
 
 def bounded(logits: Tensor, low: float, high: float) -> Tensor:
