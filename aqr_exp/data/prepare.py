@@ -259,6 +259,7 @@ def build_gt_database(root: Path, scratch: Path, force: bool) -> list[str]:
         db_infos = pickle.load(handle)
     objects = sum(len(entries) for entries in db_infos.values())
     patched = add_image_patches(root, db_infos, database)
+    final_infos.unlink(missing_ok=True)  # first: an old index never points into a new database
     if final_db.exists():
         shutil.rmtree(final_db)
     os.replace(database, final_db)
