@@ -99,6 +99,27 @@ def check_mmcv_ops() -> Check:
     return Check("mmcv ops", True, "compiled ops load (voxelization, nms_rotated)")
 
 
+def check_cpu_compile() -> Check:
+    """New AQR's window attention on the CPU (`attn_impl` auto/window) is compiled by
+    inductor, which needs a working C++ compiler: compile and run a small kernel."""
+    torch = importlib.import_module("torch")
+    try:
+        kernel = torch.compile(lambda x: (x.exp() * 2).sum(dim=-1), dynamic=False)
+        ok = bool(torch.allclose(kernel(torch.ones(3, 4)), torch.full((3,), 8 * torch.e)))
+    except Exception as err:  # inductor's many failure types; report the reason
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        return Check(
+            "torch.compile",
+            False,
+            f"inductor cannot compile a CPU kernel: {reason}",
+            "install a C++ compiler and the Python headers (build-essential, python3-dev), "
+            "or train new AQR with model.pts_bbox_head.aqr.attn_impl='dense'",
+        )
+    if not ok:
+        return Check("torch.compile", False, "a compiled kernel computed a wrong result")
+    return Check("torch.compile", True, "inductor compiles CPU kernels (new AQR's window)")
+
+
 def check_plugin() -> Check:
     """Every class the plugin exports is found in mmdet3d's registries."""
     try:
@@ -139,6 +160,7 @@ def run_checks() -> list[Check]:
     ]:
         checks.append(check_pinned(dist, module, pins))
     checks.append(check_mmcv_ops())
+    checks.append(check_cpu_compile())
     checks.append(check_plugin())
     return checks
 

@@ -233,6 +233,21 @@ def run_isolated(
     return {"error": "out of memory" if oom else text[:200]}
 
 
+def combine_rounds(values: list[dict]) -> dict:
+    """One case measured in several interleaved rounds: the median of the rounds' medians
+    (the machine's load drifts between processes more than within one), the largest
+    peak memory; any failed round makes the case a failure."""
+    for value in values:
+        if "error" in value:
+            return value
+    return {
+        "time_ms": statistics.median(v["time_ms"] for v in values),
+        "repeats": sum(v["repeats"] for v in values),
+        "rounds": len(values),
+        "peak_mb": max(v["peak_mb"] for v in values),
+    }
+
+
 def _limit_memory(limit_gb: float) -> None:
     """CPU: cap the address space so a case too big for the machine fails alone."""
     if limit_gb > 0:
@@ -265,7 +280,8 @@ def markdown(results: list[dict], device: str, command: str) -> str:
         "dim 256 (the demo size: 4 heads, dim 128), window 8, learnable bias scale.",
         "`dense` builds the bias inside the step; `dense-shared` builds it once per batch",
         "(the head shares it across decoder layers). `forward` runs without autograd.",
-        "Time is the median over repeats; peak memory is the increase over the case's",
+        "Time is the median over repeats (with several rounds, each method run in turn per",
+        "round: the median of the rounds'); peak memory is the increase over the case's",
         "inputs (GPU: max allocated; CPU: peak resident set). Ratios are to the no-bias",
         "floor of the same size and pass, measured in the same run.",
         "",
@@ -290,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=5.0, help="timing budget per case")
     parser.add_argument(
         "--mem-limit-gb", type=float, default=16.0, help="CPU address-space cap per case (0: none)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="interleaved rounds of every method per case"
     )
     parser.add_argument("--out", type=Path, default=None, help="results file stem")
     parser.add_argument("--child", nargs=3, metavar=("METHOD", "SIZE", "BACKWARD"))
@@ -316,16 +335,22 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for key in sizes:
         for backward in (False, True):
+            rounds = [
+                {
+                    method: run_isolated(
+                        method, key, backward, args.device, args.budget_s, args.mem_limit_gb
+                    )
+                    for method in methods
+                }
+                for _ in range(args.rounds)
+            ]
             for method in methods:
-                value = run_isolated(
-                    method, key, backward, args.device, args.budget_s, args.mem_limit_gb
-                )
                 row = {
                     "size": key,
                     "size_name": SIZES[key].name,
                     "pass": PASSES[backward],
                     "method": method,
-                    **value,
+                    **combine_rounds([values[method] for values in rounds]),
                 }
                 log.info("%s", row)
                 results.append(row)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from markdown_tables import markdown_tables
 
 from aqr_exp import paths
@@ -19,7 +21,7 @@ def test_attention_bench_writes_ratios_to_the_floor_of_the_same_run(tmp_path: Pa
         [
             sys.executable, str(paths.PACKAGE_ROOT / "bench" / "attention.py"),
             "--sizes", "demo", "--methods", "floor,dense,prototype",
-            "--budget-s", "0", "--out", str(stem),
+            "--budget-s", "0", "--rounds", "2", "--out", str(stem),
         ],
         check=True, cwd=paths.PACKAGE_ROOT,
     )  # fmt: skip
@@ -28,7 +30,7 @@ def test_attention_bench_writes_ratios_to_the_floor_of_the_same_run(tmp_path: Pa
     assert {(r["method"], r["pass"]) for r in rows} == {
         (m, p) for m in ("floor", "dense", "prototype") for p in ("forward", "forward+backward")
     }
-    assert all(r["time_ms"] > 0 and r["repeats"] >= 3 for r in rows)
+    assert all(r["time_ms"] > 0 and r["rounds"] == 2 and r["repeats"] >= 6 for r in rows)
     table = markdown_tables(stem.with_suffix(".md").read_text())[0]
     by_method = {(row[1], row[2]): row for row in table[1:]}
     for (pass_, method), row in by_method.items():
@@ -81,3 +83,37 @@ def test_cli_bench_times_help_and_status_over_the_runs_it_writes(tmp_path: Path)
         assert row[1] == f"{median:.2f} s"
         assert row[5] == ("yes" if median <= payload["goals_s"][key] else "no")
     assert list(scratch.iterdir()) == []  # the 20 run dirs were removed
+
+
+def _bench_script(name: str):
+    """A bench/ script imported as a module (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        f"bench_{name}", paths.PACKAGE_ROOT / "bench" / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_step_ratio_is_taken_within_each_round() -> None:
+    """Round 2 runs everything 2x slower (load drift): the per-round ratio stays 1.5."""
+    round_ratio = _bench_script("train_step").round_ratio
+    baseline = [1.0, 1.0, 2.0, 2.0, 1.0, 1.1]
+    variant = [1.5, 1.5, 3.0, 3.0, 1.5, 1.65]
+    assert round_ratio(variant, baseline, steps=2) == pytest.approx(1.5)
+    assert round_ratio(baseline, baseline, steps=2) == 1.0
+
+
+def test_attention_rounds_combine_to_the_median_time_and_the_largest_memory() -> None:
+    combine_rounds = _bench_script("attention").combine_rounds
+    rounds = [
+        {"time_ms": 30.0, "repeats": 3, "peak_mb": 10.0},
+        {"time_ms": 10.0, "repeats": 4, "peak_mb": 12.0},
+        {"time_ms": 20.0, "repeats": 5, "peak_mb": 11.0},
+    ]
+    assert combine_rounds(rounds) == {
+        "time_ms": 20.0, "repeats": 12, "rounds": 3, "peak_mb": 12.0
+    }  # fmt: skip
+    failed = {"error": "out of memory"}
+    assert combine_rounds([rounds[0], failed]) == failed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,17 @@ def test_doctor_exits_nonzero_when_the_stack_cannot_train() -> None:
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "FAIL mmcv ops" in proc.stdout
     assert "cannot train" in proc.stderr
+
+
+def test_doctor_fails_when_inductor_has_no_compiler(tmp_path: Path) -> None:
+    """New AQR's CPU attention is compiled: a stack that cannot compile must not pass.
+    A fresh inductor cache, so the kernel is really compiled, with a compiler that fails."""
+    env = {**os.environ, "CXX": "/bin/false", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "ind")}
+    code = "from aqr_exp.cli.main import app; app(['doctor'])"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "FAIL torch.compile" in proc.stdout
+    assert "attn_impl='dense'" in proc.stdout
 
 
 def test_doctor_checks_what_a_full_scale_profile_needs(tmp_path: Path) -> None:

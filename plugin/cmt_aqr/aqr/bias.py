@@ -31,12 +31,13 @@ from cmt_aqr.aqr.cells import (
     window_keys,
     window_offsets,
 )
-from cmt_aqr.aqr.window_attention import window_attention
+from cmt_aqr.aqr.window_attention import WindowKeys, window_attention
 
 IMPLEMENTATIONS = ("dense", "flex", "window", "auto")
-# `auto` on the CPU takes `window` up to this share of window keys in the memory: on the
-# demo (4,288 keys) it beat dense at windows 5-10 (<= 2.5 %) and lost at 15 (5.5 %).
-WINDOW_SHARE_MAX = 0.04
+# `auto` on the CPU takes `window` up to this share of window keys in the memory: six
+# layers forward + backward at the demo's size beat dense up to window 15 (4.8 %), tied at
+# 20 (8.4 %) and lost at 30 (docs/window-attention.md).
+WINDOW_SHARE_MAX = 0.07
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ class WindowBias:
         self.spec = spec
         self.impl = impl
         self._dense: Tensor | None = None
-        self._window: tuple[Tensor, Tensor, Tensor] | None = None
+        self._window: tuple[WindowKeys, Tensor] | None = None
 
     def resolve_impl(self, q: Tensor) -> str:
         """auto: the fastest exact path measured on each device. CUDA: dense (forward +
@@ -185,15 +186,15 @@ class WindowBias:
             self._dense = window_bias(per_query, keys, self.layout, self.spec, self.scale)[:, None]
         return self._dense
 
-    def window(self) -> tuple[Tensor, Tensor, Tensor]:
-        """Each query's window keys [B, Q, W], whether they exist, and their bias values."""
+    def window(self) -> tuple[WindowKeys, Tensor]:
+        """Each query's window keys [B, Q, W] and their bias values, once per batch."""
         if self._window is None:
             index, valid = window_keys(
                 self.cells, self.layout, self.spec.bev_window, self.spec.cam_window
             )
             per_query = {name: value[..., None] for name, value in self.query.items()}
             values = window_bias(per_query, index, self.layout, self.spec, self.scale)
-            self._window = index, valid, values
+            self._window = WindowKeys(index, valid, self.layout.num_tokens), values
         return self._window
 
     def score_mod(self):
@@ -218,8 +219,8 @@ class WindowBias:
         if impl == "dense":
             return F.scaled_dot_product_attention(q, k, v, attn_mask=self.dense().to(q.dtype))
         if impl == "window":
-            index, valid, values = self.window()
-            return window_attention(q, k, v, values.to(q.dtype), index, valid)
+            keys, values = self.window()
+            return window_attention(q, k, v, values.to(q.dtype), keys)
         flex_attention = _import_flex()
         if flex_attention is None:
             raise RuntimeError(
