@@ -99,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results-root", type=Path, default=None)
     parser.add_argument("--work-root", type=Path, default=None)
-    parser.add_argument("--extra-seeds", default="1,2", help="more baseline seeds")
+    parser.add_argument(
+        "--extra-seeds", default="1,2", help="more baseline seeds ('': the main job only)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "demo-cpu")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -110,7 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         roots = ["--results-root", results_root, "--work-root", work_root]
         data_generated = not paths.default_data_root().is_dir()
         sweep_s = aqr_exp("sweep", "window_size", *roots)
-        seeds_s = aqr_exp("run", "baseline", "--seeds", args.extra_seeds, *roots)
+        seeds_s = (
+            aqr_exp("run", "baseline", "--seeds", args.extra_seeds, *roots)
+            if args.extra_seeds
+            else 0.0
+        )
         aqr_exp("report", "--study", STUDY, "--results-root", results_root)
         runs = run_rows(results_root)
 
