@@ -159,11 +159,6 @@ def window_keys(
 def gather_tokens(tokens: Tensor, index: Tensor) -> Tensor:
     """tokens [B, N, C], index [B, Q, K] -> [B, Q, K, C]: whole rows, copied once."""
     batch, length, dims = tokens.shape
-    rows = tokens.reshape(batch * length, dims).index_select(0, flat_token_index(index, length))
+    offsets = torch.arange(batch, device=index.device)[:, None, None] * length
+    rows = tokens.reshape(batch * length, dims).index_select(0, (index + offsets).reshape(-1))
     return rows.view(*index.shape, dims)
-
-
-def flat_token_index(index: Tensor, length: int) -> Tensor:
-    """index [B, Q, K] into per-batch memories of `length` tokens -> rows of [B * N, C]."""
-    offsets = torch.arange(index.shape[0], device=index.device)[:, None, None] * length
-    return (index + offsets).reshape(-1)
