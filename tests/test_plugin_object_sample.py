@@ -58,8 +58,9 @@ def test_pasted_objects_appear_in_points_and_images_and_overlap_nothing(
 ) -> None:
     root = synth_root_with_gt_database
     plain = _loaded_samples(root, [])
+    np.random.seed(0)  # the database sampler shuffles its objects when built
     pasting = _loaded_samples(root, [_sampler_step(root, mixup_rate=-1)])
-    seen = changed = 0
+    seen = 0
     for index in range(0, len(plain), 3):
         np.random.seed(index)  # the same sweeps drawn for both
         before = plain[index]
@@ -85,28 +86,37 @@ def test_pasted_objects_appear_in_points_and_images_and_overlap_nothing(
         assert (
             len(after["points"]) == len(before["points"]) - old_inside.sum() + inside.any(1).sum()
         )
-        # images: pixels change only inside the projections of pasted objects, and each
-        # pasted object changes its projection in some view (unless a nearer one hides it)
+        # images: pixels change only inside the projections of pasted objects, and a pasted
+        # object changes every view where some of its projection is not under a nearer box
         corners = boxes.corners.numpy()
         for view, (old, img) in enumerate(zip(before["img"], after["img"], strict=True)):
             lidar2img = np.eye(4)
             lidar2img[:3, :3] = np.asarray(before["cam2img"][view])[:3, :3]
             lidar2img = lidar2img @ np.asarray(before["lidar2cam"][view])
-            allowed = np.zeros(old.shape[:2], dtype=bool)
-            for k in range(n, len(corners)):
+            rectangles = {}  # box index -> (x1, y1, x2, y2, mean depth)
+            for k in range(len(corners)):
                 pts = np.c_[corners[k], np.ones(8)] @ lidar2img.T
                 if (pts[:, 2] <= 0).any():
                     continue
                 uv = pts[:, :2] / pts[:, 2:3]
                 x1, y1 = np.clip(uv.min(0), 0, [old.shape[1] - 1, old.shape[0] - 1]).astype(int)
                 x2, y2 = np.clip(uv.max(0), 0, [old.shape[1] - 1, old.shape[0] - 1]).astype(int)
-                if min(x2 - x1, y2 - y1) <= 1:
+                if min(x2 - x1, y2 - y1) > 1:
+                    rectangles[k] = (x1, y1, x2, y2, pts[:, 2].mean())
+            allowed = np.zeros(old.shape[:2], dtype=bool)
+            for k, (x1, y1, x2, y2, depth) in rectangles.items():
+                if k < n:
                     continue
                 allowed[y1:y2, x1:x2] = True
+                nearer = np.zeros(old.shape[:2], dtype=bool)
+                for a1, b1, a2, b2, other in rectangles.values():
+                    nearer[b1:b2, a1:a2] |= other < depth
+                if nearer[y1:y2, x1:x2].all():
+                    continue
                 seen += 1
-                changed += bool((img[y1:y2, x1:x2] != old[y1:y2, x1:x2]).any())
+                assert (img[y1:y2, x1:x2] != old[y1:y2, x1:x2]).any(), (index, view, k)
             assert not (img != old).any(-1)[~allowed].any(), view
-    assert seen > 20 and changed >= 0.8 * seen, (seen, changed)
+    assert seen > 20, seen
 
 
 def test_near_objects_stay_in_front_of_far_pasted_ones() -> None:
