@@ -317,8 +317,10 @@ def test_dn_queries_leave_the_matching_queries_unchanged(aqr_type: str) -> None:
         plain = head(bev, img, ctx, None)
         with_dn = head(bev, img, ctx, dn)
     pad = dn.pad_size
-    assert torch.allclose(with_dn.cls_logits[:, :, pad:], plain.cls_logits, atol=1e-5)
-    assert torch.allclose(with_dn.codes[:, :, pad:], plain.codes, atol=1e-5)
+    # float32 with more query rows sums in another order: codes up to ~20 m differ by
+    # 2e-5 (measured over 6 inits); a DN query reaching a matching one moves them by far more
+    torch.testing.assert_close(with_dn.cls_logits[:, :, pad:], plain.cls_logits, rtol=0, atol=1e-4)
+    torch.testing.assert_close(with_dn.codes[:, :, pad:], plain.codes, rtol=0, atol=1e-4)
 
 
 def test_grid_mask_keeps_the_stripes_and_only_acts_in_training() -> None:
