@@ -18,10 +18,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from aqr_exp.cli.main import app
-from aqr_exp.data import sensors
 from aqr_exp.data import synth as synth_module
 from aqr_exp.data.synth import MARKER, SynthSpec, generate
-from aqr_exp.data.world import CLASSES, make_bodies
+from aqr_exp.data.world import CLASSES
 from aqr_exp.errors import AqrError
 
 VERSION = "v1.0-trainval"
@@ -291,52 +290,6 @@ def test_annotation_points_lie_inside_their_boxes(
             total += 1
             with_points += ann["num_lidar_pts"] > 0
     assert with_points > 0.7 * total
-
-
-def test_a_bodys_front_returns_brighter_points(
-    synth_root: Path, infos: dict[str, list[dict[str, Any]]]
-) -> None:
-    """The heading cue in the LiDAR: points on an object's front fifth (along its annotated
-    heading) are FRONT_INTENSITY brighter than its other points."""
-    gaps = []
-    for info in infos["train"]:
-        path = synth_root / "samples" / "LIDAR_TOP" / info["lidar_points"]["lidar_path"]
-        points = np.fromfile(path, dtype=np.float32).reshape(-1, 5).astype(np.float64)
-        for inst in info["instances"]:
-            x, y, z, length, width, height, yaw = inst["bbox_3d"][:7]
-            dx, dy = points[:, 0] - x, points[:, 1] - y
-            forward = dx * np.cos(yaw) + dy * np.sin(yaw)
-            side = -dx * np.sin(yaw) + dy * np.cos(yaw)
-            inside = (
-                (np.abs(forward) < length / 2)
-                & (np.abs(side) < width / 2)
-                & (np.abs(points[:, 2] - z) < height / 2)
-            )
-            front = inside & (forward > (0.5 - sensors.FRONT_SHARE) * length)
-            rest = inside & ~front
-            if front.sum() >= 3 and rest.sum() >= 3:
-                gaps.append(points[front, 3].mean() - points[rest, 3].mean())
-    assert len(gaps) > 20
-    assert np.median(gaps) == pytest.approx(sensors.FRONT_INTENSITY, abs=2.0)
-
-
-def test_a_front_face_is_lit_in_the_images() -> None:
-    """The heading cue in the images: a car facing the front camera looks brighter than
-    the same car facing away."""
-    camera = sensors.CAMERAS[0]
-    renderer = sensors.CameraRenderer(camera, 320, 180)
-    car = CLASSES[0]
-    brightness = []
-    for yaw in (np.pi, 0.0):  # its front towards the camera, then away
-        bodies = make_bodies(
-            [[12.0, 0.0]], [yaw], [car.size], [car.color], [car.intensity], [car.parts]
-        )
-        image = renderer.render(bodies, sensors.part_corners(bodies), camera.to_ego())
-        u, v = 163, 130  # the lower body's near face (rows 116-146), below the horizon
-        assert np.any(image[v, u] != renderer.background[v, u])
-        brightness.append(image[v - 2 : v + 3, u - 2 : u + 3].astype(float).mean())
-    facing, away = brightness
-    assert facing > away + 15
 
 
 def test_boxes_project_onto_the_pixels_drawn_for_them(

@@ -106,23 +106,6 @@ def bodies_in_frame(bodies: BodySet, frame_to_global: np.ndarray) -> BodySet:
     )
 
 
-# Heading cues: without them a box shows its axis but not which end is its front (the
-# parts' layout is below the demo's resolution). Points on a body's front share return
-# brighter, and front faces are lit in the images.
-FRONT_SHARE = 0.2  # of the body's length
-FRONT_INTENSITY = 20.0
-FRONT_WHITENING = 0.3  # a front face's colour, mixed this far toward white
-_FRONT_FACE = 0  # the +x face of a part (x is the body's heading)
-
-
-def _in_front_share(bodies: BodySet, who: np.ndarray, xyz: np.ndarray) -> np.ndarray:
-    """Which points (`who`: the body each lies on, -1 for none) lie on their body's front."""
-    body = np.maximum(who, 0)
-    heading = np.stack([np.cos(bodies.yaw[body]), np.sin(bodies.yaw[body])], axis=1)
-    forward = np.einsum("nd,nd->n", xyz[:, :2] - bodies.xy[body], heading)
-    return (who >= 0) & (forward > (0.5 - FRONT_SHARE) * bodies.size[body, 0])
-
-
 @dataclass
 class Scan:
     """One LiDAR sweep: points (N, 5: x, y, z, intensity, ring) in the LiDAR frame, the body
@@ -225,7 +208,6 @@ class Lidar:
         ground = who < 0
         xyz[ground, 2] = -self.height - rng.uniform(0.005, 0.03, int(ground.sum()))
         base = np.where(ground, 4.0, bodies.intensity[np.maximum(who, 0)])
-        base = base + np.where(_in_front_share(bodies, who, xyz), FRONT_INTENSITY, 0.0)
         intensity = np.clip(base + rng.normal(0.0, 3.0, len(t)), 0.0, 255.0)
         points = np.concatenate([xyz, intensity[:, None], beam[:, None].astype(np.float64)], axis=1)
         per_body = np.bincount(who[who >= 0], minlength=len(bodies))
@@ -362,9 +344,8 @@ class CameraRenderer:
             color = bodies.color[bodies.part_body[p]].astype(np.float64)
             for f in np.nonzero(facing)[0]:
                 shade = 0.55 + 0.45 * max(0.0, float(normals[f] @ _LIGHT))
-                lit = color + (255.0 - color) * FRONT_WHITENING if f == _FRONT_FACE else color
                 faces.append(
-                    (float(np.linalg.norm(centres[f] - cam_pos)), p, f, tuple(lit * shade))
+                    (float(np.linalg.norm(centres[f] - cam_pos)), p, f, tuple(color * shade))
                 )
         for _, p, f, color in sorted(faces, key=lambda x: -x[0]):
             self._fill(img, cam_corners[p][_FACES[f]], color)

@@ -96,8 +96,9 @@ train_pipeline = [
     dict(type='PointsRangeFilter', point_cloud_range=point_cloud_range),
     dict(type='ObjectRangeFilter', point_cloud_range=point_cloud_range),
     dict(type='ObjectNameFilter', classes=class_names),
+    # One draw per view, as the demo was measured (docs/demo.md); CMT draws one per sample.
     dict(type='CmtImageAug', final_size=image_size, resize_lim=resize_lim, flip=True,
-         training=True),
+         training=True, per_sample=False),
     dict(type='CmtComposeLidar2Img'),
     dict(type='PointShuffle'),
     dict(type='Pack3DDetInputs', keys=['points', 'img', 'gt_bboxes_3d', 'gt_labels_3d']),
