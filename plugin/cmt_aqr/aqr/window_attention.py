@@ -63,17 +63,24 @@ def _backward_windows(q, k, v, bias, index, valid, logits, out, lse, grad_out, g
 
 
 @functools.cache
-def _compiled(fn):
+def compiled_once(fn):
     """Compiled once per process (and cached on disk by inductor)."""
     return torch.compile(fn)
 
 
-def _queries_vary(*dims: tuple[Tensor, int]) -> None:
+def queries_vary(*dims: tuple[Tensor, int]) -> None:
     """Compile the query dimension as dynamic from the start (the DN queries vary per
     batch), other sizes static: one compilation, and loops over heads and channels that
     the compiler can unroll (18 % faster than all-dynamic at 800×320)."""
     for tensor, dim in dims:
         torch._dynamo.maybe_mark_dynamic(tensor, dim)
+
+
+def _take_queries(x: Tensor, order: Tensor, dim: int) -> Tensor:
+    """x [B, ..., Q, ...] (queries at `dim`) reordered along Q by order [B, Q]."""
+    shape = [order.shape[0]] + [1] * (x.dim() - 1)
+    shape[dim] = order.shape[1]
+    return x.gather(dim, order.view(shape).expand(*x.shape[:dim], -1, *x.shape[dim + 1 :]))
 
 
 class KeyMajorWindows:
@@ -115,11 +122,27 @@ class KeyMajorWindows:
 
 class WindowKeys:
     """Each query's window keys [B, Q, W] and whether they exist, with their key-major
-    pattern built on the first backward."""
+    pattern built on the first backward.
+
+    The queries are held in an order where neighbours in the map come one after another
+    (by their first window key): consecutive queries then read mostly the same key rows,
+    which stay in the cache (the window sums at 800×320, Q = 1,800: 72 → 41 ms)."""
 
     def __init__(self, index: Tensor, valid: Tensor, num_tokens: int) -> None:
-        self.index, self.valid, self.num_tokens = index, valid, num_tokens
+        self.order = index[:, :, 0].argsort(dim=1)  # [B, Q]: sorted position -> query
+        self.inverse = self.order.argsort(dim=1)  # query -> sorted position
+        self.index = self.by_locality(index, dim=1)
+        self.valid = self.by_locality(valid, dim=1)
+        self.num_tokens = num_tokens
         self._key_major: dict[int, KeyMajorWindows] = {}
+
+    def by_locality(self, x: Tensor, dim: int) -> Tensor:
+        """x with its query dimension `dim` put in the keys' order."""
+        return _take_queries(x, self.order, dim)
+
+    def by_query(self, x: Tensor, dim: int) -> Tensor:
+        """The inverse of `by_locality`."""
+        return _take_queries(x, self.inverse, dim)
 
     def key_major(self, heads: int) -> KeyMajorWindows:
         if heads not in self._key_major:
@@ -131,8 +154,8 @@ class _WindowAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, bias, keys: WindowKeys):
         out0, lse0 = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)
-        _queries_vary((q, 2), (bias, 1), (keys.index, 1), (keys.valid, 1), (out0, 2), (lse0, 2))
-        out, lse, logits = _compiled(_forward_windows)(
+        queries_vary((q, 2), (bias, 1), (keys.index, 1), (keys.valid, 1), (out0, 2), (lse0, 2))
+        out, lse, logits = compiled_once(_forward_windows)(
             q, k, v, bias, keys.index, keys.valid, out0, lse0
         )
         ctx.keys = keys
@@ -151,9 +174,9 @@ class _WindowAttention(torch.autograd.Function):
                 grad_out, q, k, v, out, lse, 0.0, False
             )
         )
-        _queries_vary((q, 2), (bias, 1), (keys.index, 1), (keys.valid, 1), (logits, 1))
-        _queries_vary((out, 2), (lse, 2), (grad_out, 2), (grad_q, 2))
-        grad_q, grad_bias, missing_logits, missing_p = _compiled(_backward_windows)(
+        queries_vary((q, 2), (bias, 1), (keys.index, 1), (keys.valid, 1), (logits, 1))
+        queries_vary((out, 2), (lse, 2), (grad_out, 2), (grad_q, 2))
+        grad_q, grad_bias, missing_logits, missing_p = compiled_once(_backward_windows)(
             q, k, v, bias, keys.index, keys.valid, logits, out, lse, grad_out, grad_q
         )
         key_major = keys.key_major(q.shape[1])
@@ -170,5 +193,7 @@ def window_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, keys: Window
             "attn_impl='window' runs on the CPU (its fused kernel is the CPU flash attention); "
             "use 'flex' or 'dense' on other devices"
         )
+    bias = keys.by_locality(bias, dim=1)
     bias = torch.where(keys.valid, bias, torch.zeros_like(bias))
-    return _WindowAttention.apply(q, k, v, bias, keys)
+    out = _WindowAttention.apply(keys.by_locality(q, dim=2), k, v, bias, keys)
+    return keys.by_query(out, dim=2)
