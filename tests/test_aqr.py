@@ -13,7 +13,6 @@ from cmt_aqr.aqr.bias import BiasScale, WindowBias, WindowSpec
 from cmt_aqr.aqr.cells import (
     MemoryLayout,
     QueryCells,
-    gather_tokens,
     window_keys,
     window_offsets,
 )
@@ -359,25 +358,44 @@ def test_bad_adaptive_settings_are_named(changes: dict, message: str) -> None:
         AdaptiveQueryRouting(16, **{**ADAPTIVE, **changes})
 
 
-def test_weight_generator_is_torch_multihead_attention_over_each_window() -> None:
-    """The generator projects the memory once and gathers; the reference gathers each
-    query's window first and runs its nn.MultiheadAttention on it."""
+def _gather_windows(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """tokens [B, N, C], index [B, Q, K] -> [B * Q, K, C]."""
+    batch = torch.arange(tokens.shape[0])[:, None, None]
+    return tokens[batch, index].flatten(0, 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_weight_generator_is_torch_multihead_attention_over_each_window(
+    dtype: torch.dtype,
+) -> None:
+    """The generator projects the memory once and reads each query's window in place
+    (compiled, with its own backward on the CPU); the reference gathers each query's
+    window first and runs its nn.MultiheadAttention on it. Outputs and every gradient."""
     torch.manual_seed(0)
-    generator = ModalityWeightGenerator(16, num_heads=4, window=3).double()
+    generator = ModalityWeightGenerator(16, num_heads=4, window=3).to(dtype)
     cells = _random_bias("dense").cells
     batch, queries = cells.bev_row.shape
-    query = torch.randn(batch, queries, 16, dtype=torch.float64)
-    memory = torch.randn(batch, LAYOUT.num_tokens, 16, dtype=torch.float64)
-    memory_pos = torch.randn(batch, LAYOUT.num_tokens, 16, dtype=torch.float64)
+    query, memory, memory_pos = (
+        torch.randn(batch, n, 16, dtype=dtype, requires_grad=True)
+        for n in (queries, LAYOUT.num_tokens, LAYOUT.num_tokens)
+    )
     lidar_w, cam_w, bev_extent, cam_extent = generator(query, memory, memory_pos, cells, LAYOUT)
     assert bev_extent is None and cam_extent is None  # fixed windows: no extents
 
     index, valid = window_keys(cells, LAYOUT, 3, 3)
-    value = gather_tokens(memory, index).flatten(0, 1)
-    key = value + gather_tokens(memory_pos, index).flatten(0, 1)
+    value = _gather_windows(memory, index)
+    key = value + _gather_windows(memory_pos, index)
     out, _ = generator.attn(
         query.reshape(-1, 1, 16), key, value, key_padding_mask=~valid.flatten(0, 1)
     )
     expected = torch.tanh(generator.to_weights(out.view(batch, queries, 16)))
-    torch.testing.assert_close(lidar_w, expected[..., 0], rtol=0, atol=1e-12)
-    torch.testing.assert_close(cam_w, expected[..., 1], rtol=0, atol=1e-12)
+    tol = {"rtol": 0, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-5}
+    torch.testing.assert_close(lidar_w, expected[..., 0], **tol)
+    torch.testing.assert_close(cam_w, expected[..., 1], **tol)
+
+    weights = torch.randn(batch, queries, 2, dtype=dtype)
+    inputs = (query, memory, memory_pos, *generator.parameters())
+    grads = torch.autograd.grad((torch.stack((lidar_w, cam_w), -1) * weights).sum(), inputs)
+    expected_grads = torch.autograd.grad((expected * weights).sum(), inputs)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, **tol)

@@ -14,7 +14,8 @@ from mmengine.config import Config
 
 from aqr_exp import paths
 from cmt_aqr.aqr.bias import BiasScale, WindowBias, WindowSpec
-from cmt_aqr.aqr.cells import MemoryLayout, QueryCells
+from cmt_aqr.aqr.cells import MemoryLayout, QueryCells, window_keys
+from cmt_aqr.aqr.window_attention import WindowKeys, local_attention, local_attention_eager
 from cmt_aqr.head import SceneContext
 
 LAYOUT = MemoryLayout(bev_size=(6, 8), num_views=3, cam_size=(4, 5))
@@ -156,6 +157,34 @@ def test_window_refuses_a_device_without_its_fused_kernel() -> None:
     kv = torch.zeros(1, 1, LAYOUT.num_tokens, 4, device="meta")
     with pytest.raises(RuntimeError, match="attn_impl='window' runs on the CPU"):
         bias.attend(q, kv, kv)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_local_attention_paths_agree(dtype: torch.dtype) -> None:
+    """The weight generator's window softmax: the CPU path (compiled, its own backward
+    through the key-major sums of keys shared by the heads) equals the eager matrix
+    products used off the CPU, outputs and gradients of q, k and v, with windows clipped
+    at the borders and camera cells no camera sees."""
+    gen = torch.Generator().manual_seed(0)
+    cells = _cells(2, 9, gen, 0.5)
+    index, valid = window_keys(cells, LAYOUT, 5, 3)
+    keys = WindowKeys(index, valid, LAYOUT.num_tokens)
+    assert not valid.all()
+    q = torch.randn(2, 3, 9, 6, generator=gen, dtype=dtype, requires_grad=True)
+    k, v = (
+        torch.randn(2, LAYOUT.num_tokens, 6, generator=gen, dtype=dtype, requires_grad=True)
+        for _ in range(2)
+    )
+    probe = torch.randn(2, 3, 9, 6, generator=gen, dtype=dtype)
+    results = []
+    for attend in (local_attention, local_attention_eager):
+        args = (keys,) if attend is local_attention else (index, valid)
+        out = attend(q, k, v, *args)
+        results.append((out, *torch.autograd.grad((out * probe).sum(), (q, k, v))))
+    tolerance = 1e-10 if dtype == torch.float64 else 1e-5
+    for got, expected in zip(*results, strict=True):
+        assert expected.abs().max() > 0
+        torch.testing.assert_close(got, expected, rtol=0, atol=tolerance)
 
 
 def _six_cameras() -> torch.Tensor:

@@ -154,11 +154,3 @@ def window_keys(
         + cols.clamp(0, w - 1)
     )
     return torch.cat((bev_index, cam_index), dim=-1), torch.cat((bev_ok, cam_ok), dim=-1)
-
-
-def gather_tokens(tokens: Tensor, index: Tensor) -> Tensor:
-    """tokens [B, N, C], index [B, Q, K] -> [B, Q, K, C]: whole rows, copied once."""
-    batch, length, dims = tokens.shape
-    offsets = torch.arange(batch, device=index.device)[:, None, None] * length
-    rows = tokens.reshape(batch * length, dims).index_select(0, (index + offsets).reshape(-1))
-    return rows.view(*index.shape, dims)

@@ -1,8 +1,8 @@
 """Per-query modality weights: how much each query should trust LiDAR vs camera.
 
-A 4-head cross-attention from each query to the memory tokens in a window
-around its BEV cell and its camera cell (keys are projected once and gathered, so
-the cost is N + Q x window², not Q x N), then Linear(C -> 2) and tanh or sigmoid.
+A 4-head cross-attention from each query to the memory tokens in a window around its
+BEV cell and its camera cell, then Linear(C -> 2) and tanh or sigmoid. Its projections
+act on the queries' side, so the cost is Q x window² (never N, nor Q x N).
 With extent bounds (adaptive windows) a second Linear(C -> 2) predicts, per query and
 modality, how far the query should look: an extent in cells within the bounds, through
 a sigmoid, so it is differentiable everywhere and never leaves them.
@@ -16,13 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cmt_aqr.aqr.cells import (
-    MemoryLayout,
-    QueryCells,
-    gather_tokens,
-    window_keys,
-    window_offsets,
-)
+from cmt_aqr.aqr.cells import MemoryLayout, QueryCells, window_keys, window_offsets
+from cmt_aqr.aqr.window_attention import WindowKeys, local_attention
 
 Bounds = tuple[tuple[float, float], tuple[float, float]]  # (BEV, camera) (min, max) cells
 
@@ -81,20 +76,19 @@ class ModalityWeightGenerator(nn.Module):
         """query [B, Q, C] (content + position); memory(_pos) [B, N, C] -> per query [B, Q]."""
         batch, num_query, _ = query.shape
         index, valid = window_keys(cells, layout, self.window, self.window)
-        # nn.MultiheadAttention's own parameters, applied to the whole memory once and
-        # then gathered: a key is projected once, not once per query window it falls in.
+        keys = WindowKeys(index, valid, layout.num_tokens)
+        # nn.MultiheadAttention's own parameters, moved to the queries' side, so the memory
+        # is never projected (N rows) and only the windows' rows are read:
+        # q·(W_k x + b_k) = (W_kᵀ q)·x + a per-query constant, which the softmax drops;
+        # Σ p (W_v x + b_v) = W_v (Σ p x) + b_v, since the p sum to one.
         w_q, w_k, w_v = self.attn.in_proj_weight.chunk(3)
-        b_q, b_k, b_v = self.attn.in_proj_bias.chunk(3)
-        heads = self.num_heads
-        q = F.linear(query, w_q, b_q).view(batch, num_query, 1, heads, -1)
-        key = gather_tokens(F.linear(memory + memory_pos, w_k, b_k), index)
-        value = gather_tokens(F.linear(memory, w_v, b_v), index)
-        key = key.view(*index.shape, heads, -1)
-        value = value.view(*index.shape, heads, -1)
-        logits = (q * key).sum(dim=-1) * q.shape[-1] ** -0.5  # [B, Q, K, heads]
-        logits = logits.masked_fill(~valid[..., None], float("-inf"))
-        attn = torch.softmax(logits, dim=2)
-        out = self.attn.out_proj((attn[..., None] * value).sum(dim=2).reshape(query.shape))
+        b_q, _, b_v = self.attn.in_proj_bias.chunk(3)
+        heads, dims = self.num_heads, query.shape[-1]
+        q = F.linear(query, w_q, b_q).view(batch, num_query, heads, -1)
+        q_memory = torch.einsum("bqhd,hdc->bhqc", q, w_k.view(heads, -1, dims))
+        mixed = local_attention(q_memory * q.shape[-1] ** -0.5, memory + memory_pos, memory, keys)
+        out = torch.einsum("bhqc,hdc->bqhd", mixed, w_v.view(heads, -1, dims)) + b_v.view(heads, -1)
+        out = self.attn.out_proj(out.reshape(query.shape))
         logits = self.to_weights(out)
         weights = torch.tanh(logits) if self.activation == "tanh" else torch.sigmoid(logits)
         if self.extent_bounds is None:

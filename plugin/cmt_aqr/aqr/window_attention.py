@@ -76,48 +76,96 @@ def queries_vary(*dims: tuple[Tensor, int]) -> None:
         torch._dynamo.maybe_mark_dynamic(tensor, dim)
 
 
-def _take_queries(x: Tensor, order: Tensor, dim: int) -> Tensor:
-    """x [B, ..., Q, ...] (queries at `dim`) reordered along Q by order [B, Q]."""
-    shape = [order.shape[0]] + [1] * (x.dim() - 1)
-    shape[dim] = order.shape[1]
-    return x.gather(dim, order.view(shape).expand(*x.shape[:dim], -1, *x.shape[dim + 1 :]))
+def _take_rows(x: Tensor, rows: Tensor, dim: int) -> Tensor:
+    """x [B, ..., Q, ...] (queries at dim 1 or 2) with its (batch, query) rows taken in
+    the flat order `rows` [B * Q]."""
+    y = x.transpose(1, dim)  # [B, Q, ...]: the memory layout of q, k, v and the output
+    taken = y.reshape(y.shape[0] * y.shape[1], -1).index_select(0, rows)
+    return taken.view(y.shape).transpose(1, dim)
+
+
+def _queries_major(x: Tensor) -> Tensor:
+    """x [B, H, Q, D] in the memory layout [B, Q, H, D] of q (copied only if not)."""
+    return x.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+class _Reorder(torch.autograd.Function):
+    """A permutation of the queries whose gradient is the inverse permutation (autograd's
+    own, for a gather, fills zeros and scatters)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, rows: Tensor, inverse_rows: Tensor, dim: int) -> Tensor:
+        ctx.inverse_rows, ctx.dim = inverse_rows, dim
+        return _take_rows(x, rows, dim)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return _take_rows(grad, ctx.inverse_rows, ctx.dim), None, None, None
 
 
 class KeyMajorWindows:
     """Each key's (query, window slot) entries: the sparsity pattern of the corrections
-    that land on keys, one block per (batch, head). Built once per batch and shared by
-    every layer's backward."""
+    that land on keys, a sparse matrix whose rows are the keys (per head, or one per key
+    when the heads share the keys) and whose columns are the (query, head) rows of q's
+    memory layout [B, Q, H, D]. Its rows follow the keys' layout [B, N, H, D], so neither
+    side is copied into another layout. Built once per batch and shared by every layer's
+    backward."""
 
-    def __init__(self, index: Tensor, num_tokens: int, heads: int) -> None:
+    def __init__(self, index: Tensor, num_tokens: int, heads: int, shared: bool = False) -> None:
         batch, queries, width = index.shape
-        flat = index.reshape(batch, -1)
-        self.order = flat.argsort(dim=1, stable=True)  # entries sorted by key, [B, E]
-        counts = torch.zeros(batch, num_tokens, dtype=torch.int64, device=index.device)
+        entries = queries * width
+        device = index.device
+        flat = index.reshape(batch, entries)
+        order = flat.argsort(dim=1, stable=True)  # entries sorted by key, [B, E]
+        key = flat.gather(1, order)
+        counts = torch.zeros(batch, num_tokens, dtype=torch.int64, device=device)
         counts.scatter_add_(1, flat, torch.ones_like(flat))
-        per_row = counts[:, None].expand(batch, heads, num_tokens).reshape(-1)
-        self.crow = torch.cat((per_row.new_zeros(1), per_row.cumsum(0))).to(torch.int32)
-        block = torch.arange(batch * heads, device=index.device).view(batch, heads, 1)
-        self.col = (self.order[:, None] // width + block * queries).reshape(-1).to(torch.int32)
-        self.shape = (batch * heads * num_tokens, batch * heads * queries)
+        rank = torch.arange(entries, device=device) - (counts.cumsum(1) - counts).gather(1, key)
+        # Per entry and head, laid out [B, H, E] (long inner loops): its place in the
+        # matrix, its weight's place in weights [B, Q, W, H] and its column.
+        b = torch.arange(batch, device=device)[:, None, None]
+        h = torch.arange(heads, device=device)[:, None]
+        key, order, rank = key[:, None], order[:, None], rank[:, None]
+        if shared:  # row (b, n): per entry, one column per head
+            per_row = counts * heads
+            first = b * num_tokens + key
+            step = rank * heads + h
+        else:  # row (b, n, h)
+            per_row = counts[..., None].expand(-1, -1, heads)
+            first = (b * num_tokens + key) * heads + h
+            step = rank
+        crow = torch.cat((per_row.new_zeros(1), per_row.reshape(-1).cumsum(0)))
+        position = (crow[first] + step).reshape(-1)
+        entry = ((b * entries + order) * heads + h).reshape(-1)
+        column = ((b * queries + order // width) * heads + h).reshape(-1)
+        self.weight_index = torch.empty_like(position).index_copy_(0, position, entry)
+        self.col = torch.empty_like(position).index_copy_(0, position, column)
+        self.col = self.col.to(torch.int32)
+        self.crow = crow.to(torch.int32)
+        self.shared = shared
+        rows = batch * num_tokens * (1 if shared else heads)
+        self.shape = (rows, batch * queries * heads)
 
-    def add_to_keys(self, target: Tensor, weights: Tensor, rows: Tensor) -> Tensor:
-        """target [B, H, N, D] plus, at each key, Σ over its entries (q, w) of
-        weights[b, q, w, h] · rows[b, h, q]."""
-        batch, heads, length, dims = target.shape
-        values = weights.reshape(batch, -1, heads).gather(
-            1, self.order[..., None].expand(-1, -1, heads)
-        )
+    def add_to_keys(self, target: Tensor | None, weights: Tensor, rows: Tensor) -> Tensor:
+        """target (None: zeros; else updated in place) plus, at each key, Σ over its
+        entries (q, w) (and the heads, for shared keys) of weights[b, q, w, h] · rows[b, h, q]:
+        rows [B, H, Q, D] -> [B, H, N, D], or [B, N, D] for shared keys."""
+        batch, heads, _, dims = rows.shape
+        values = weights.reshape(-1).index_select(0, self.weight_index)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
             matrix = torch.sparse_csr_tensor(
-                self.crow,
-                self.col,
-                values.transpose(1, 2).reshape(-1),
-                size=self.shape,
-                check_invariants=False,
+                self.crow, self.col, values, size=self.shape, check_invariants=False
             )
-        added = matrix @ rows.reshape(-1, dims)
-        return target + added.view(batch, heads, length, dims)
+        rows = rows.transpose(1, 2).reshape(-1, dims)  # [B * Q * H, D]: a view of q's layout
+        if target is None:
+            added = matrix @ rows
+        else:  # added in place: the targets are fresh gradients
+            keys_layout = (target if self.shared else target.transpose(1, 2)).contiguous()
+            added = keys_layout.view(-1, dims).addmm_(matrix, rows)
+        if self.shared:
+            return added.view(batch, -1, dims)
+        return added.view(batch, -1, heads, dims).transpose(1, 2)
 
 
 class WindowKeys:
@@ -129,25 +177,31 @@ class WindowKeys:
     which stay in the cache (the window sums at 800×320, Q = 1,800: 72 → 41 ms)."""
 
     def __init__(self, index: Tensor, valid: Tensor, num_tokens: int) -> None:
-        self.order = index[:, :, 0].argsort(dim=1)  # [B, Q]: sorted position -> query
-        self.inverse = self.order.argsort(dim=1)  # query -> sorted position
+        batch, queries, _ = index.shape
+        order = index[:, :, 0].argsort(dim=1)  # [B, Q]: sorted position -> query
+        first = torch.arange(batch, device=index.device)[:, None] * queries
+        self._rows = (first + order).reshape(-1)
+        self._inverse_rows = torch.empty_like(self._rows)
+        self._inverse_rows[self._rows] = torch.arange(batch * queries, device=index.device)
         self.index = self.by_locality(index, dim=1)
         self.valid = self.by_locality(valid, dim=1)
         self.num_tokens = num_tokens
-        self._key_major: dict[int, KeyMajorWindows] = {}
+        self._key_major: dict[tuple[int, bool], KeyMajorWindows] = {}
 
     def by_locality(self, x: Tensor, dim: int) -> Tensor:
-        """x with its query dimension `dim` put in the keys' order."""
-        return _take_queries(x, self.order, dim)
+        """x with its query dimension `dim` (1 or 2) put in the keys' order."""
+        return _Reorder.apply(x, self._rows, self._inverse_rows, dim)
 
     def by_query(self, x: Tensor, dim: int) -> Tensor:
         """The inverse of `by_locality`."""
-        return _take_queries(x, self.inverse, dim)
+        return _Reorder.apply(x, self._inverse_rows, self._rows, dim)
 
-    def key_major(self, heads: int) -> KeyMajorWindows:
-        if heads not in self._key_major:
-            self._key_major[heads] = KeyMajorWindows(self.index, self.num_tokens, heads)
-        return self._key_major[heads]
+    def key_major(self, heads: int, shared: bool = False) -> KeyMajorWindows:
+        """The key-major pattern, per head or for keys shared by the heads."""
+        if (heads, shared) not in self._key_major:
+            pattern = KeyMajorWindows(self.index, self.num_tokens, heads, shared)
+            self._key_major[heads, shared] = pattern
+        return self._key_major[heads, shared]
 
 
 class _WindowAttention(torch.autograd.Function):
@@ -166,7 +220,7 @@ class _WindowAttention(torch.autograd.Function):
     def backward(ctx, grad_out):
         q, k, v, bias, logits, out, lse = ctx.saved_tensors
         keys: WindowKeys = ctx.keys
-        grad_out = grad_out.contiguous()
+        grad_out = _queries_major(grad_out)
         # The fused backward with the biased output and log-sum-exp: its probabilities
         # e^{s - lse} are the biased ones everywhere but in the windows.
         grad_q, grad_k, grad_v = (
@@ -196,4 +250,72 @@ def window_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, keys: Window
     bias = keys.by_locality(bias, dim=1)
     bias = torch.where(keys.valid, bias, torch.zeros_like(bias))
     out = _WindowAttention.apply(keys.by_locality(q, dim=2), k, v, bias, keys)
+    return keys.by_query(out, dim=2)
+
+
+def _shared_rows(x: Tensor, index: Tensor) -> Tensor:
+    """x [B, N, C], index [B, Q, W] -> [B, Q, W, C]."""
+    return x[torch.arange(x.shape[0], device=x.device)[:, None, None], index]
+
+
+def _local_forward(q, k, v, index, valid):
+    """Softmax over each query's window keys only: the output and the probabilities
+    (saved for the backward)."""
+    q_t = q.transpose(1, 2)[:, :, None]  # [B, Q, 1, H, C]
+    logits = (q_t * _shared_rows(k, index)[..., None, :]).sum(dim=-1)  # [B, Q, W, H]
+    p = torch.softmax(torch.where(valid[..., None], logits, float("-inf")), dim=2)
+    out = (p[..., None] * _shared_rows(v, index)[..., None, :]).sum(dim=2)
+    return out.transpose(1, 2), p
+
+
+def _local_backward(q, k, v, index, p, out, grad_out):
+    """∂ℓ/∂q and the per-entry weights of ∂ℓ/∂k (on q's rows) and of ∂ℓ/∂v (on g's: p)."""
+    go_t = grad_out.transpose(1, 2)  # [B, Q, H, C]
+    row_dot = (go_t * out.transpose(1, 2)).sum(dim=-1)[:, :, None]
+    grad_p = (go_t[:, :, None] * _shared_rows(v, index)[..., None, :]).sum(dim=-1) - row_dot
+    grad_logits = p * grad_p
+    grad_q = (grad_logits[..., None] * _shared_rows(k, index)[..., None, :]).sum(dim=2)
+    return grad_q.transpose(1, 2), grad_logits
+
+
+class _LocalAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, keys: WindowKeys):
+        queries_vary((q, 2), (keys.index, 1), (keys.valid, 1))
+        out, p = compiled_once(_local_forward)(q, k, v, keys.index, keys.valid)
+        ctx.keys = keys
+        ctx.save_for_backward(q, k, v, p, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, p, out = ctx.saved_tensors
+        keys: WindowKeys = ctx.keys
+        grad_out = _queries_major(grad_out)
+        queries_vary((q, 2), (keys.index, 1), (p, 1), (out, 2), (grad_out, 2))
+        grad_q, grad_logits = compiled_once(_local_backward)(q, k, v, keys.index, p, out, grad_out)
+        key_major = keys.key_major(q.shape[1], shared=True)
+        grad_k = key_major.add_to_keys(None, grad_logits, q)
+        grad_v = key_major.add_to_keys(None, p, grad_out)
+        return grad_q, grad_k, grad_v, None
+
+
+def local_attention_eager(q: Tensor, k: Tensor, v: Tensor, index: Tensor, valid: Tensor) -> Tensor:
+    """`local_attention` in matrix products over the gathered windows [B, Q, W, C] under
+    autograd (off the CPU)."""
+    logits = q.transpose(1, 2) @ _shared_rows(k, index).transpose(2, 3)
+    logits = logits.masked_fill(~valid[:, :, None], float("-inf"))  # [B, Q, H, W]
+    return (torch.softmax(logits, dim=-1) @ _shared_rows(v, index)).transpose(1, 2)
+
+
+def local_attention(q: Tensor, k: Tensor, v: Tensor, keys: WindowKeys) -> Tensor:
+    """softmax(q·kᵀ) v over each query's window keys (where keys.valid) only: q [B, H, Q, C]
+    (scaled by the caller), k and v [B, N, C] shared by the heads -> [B, H, Q, C]. Every
+    query needs a valid key.
+
+    On the CPU compiled, with the key-major sums of `window_attention` in its backward;
+    elsewhere eager matrix products over the gathered windows."""
+    if q.device.type != "cpu":
+        return local_attention_eager(q, k, v, keys.index, keys.valid)
+    out = _LocalAttention.apply(keys.by_locality(q, dim=2), k, v, keys)
     return keys.by_query(out, dim=2)
