@@ -13,7 +13,12 @@ The window work is compiled: inductor fuses the gather of each query's window ke
 the loops that use them, so the [B, Q, W, H, D] window keys are never materialized (eager
 PyTorch copies them, and that copy cost more than the fused attention itself). The
 corrections that land on keys (∂ℓ/∂k, ∂ℓ/∂v) are sums over the queries whose window
-holds each key: a sparse [N, Q] matrix per head, multiplied by MKL's sparse kernel.
+holds each key: a sparse matrix per batch (keys × queries, per head), multiplied by
+MKL's sparse kernel.
+
+`local_attention` is the weight generator's window softmax (every key outside the window
+masked out) built from the same pieces: the compiled window sums and the key-major
+products, for keys shared by the heads.
 """
 
 from __future__ import annotations
@@ -315,7 +320,9 @@ def local_attention(q: Tensor, k: Tensor, v: Tensor, keys: WindowKeys) -> Tensor
 
     On the CPU compiled, with the key-major sums of `window_attention` in its backward;
     elsewhere eager matrix products over the gathered windows."""
-    if q.device.type != "cpu":
-        return local_attention_eager(q, k, v, keys.index, keys.valid)
-    out = _LocalAttention.apply(keys.by_locality(q, dim=2), k, v, keys)
+    q = keys.by_locality(q, dim=2)  # keys.index and keys.valid are in this order
+    if q.device.type == "cpu":
+        out = _LocalAttention.apply(q, k, v, keys)
+    else:
+        out = local_attention_eager(q, k, v, keys.index, keys.valid)
     return keys.by_query(out, dim=2)
