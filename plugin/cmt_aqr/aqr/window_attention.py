@@ -31,21 +31,26 @@ from torch import Tensor
 
 
 def _window_rows(x: Tensor, index: Tensor) -> Tensor:
-    """x [B, H, N, D], index [B, Q, W] -> [B, Q, W, H, D]. Written as indexing so that
-    inductor reads the rows inside its loops instead of copying them."""
-    batch = torch.arange(x.shape[0], device=x.device)[:, None, None]
-    return x.transpose(1, 2)[batch, index]
+    """x [B, N, ...] (keys in their memory layout), index [B, Q, W] -> [B, Q, W, ...].
+    Written as indexing so that inductor reads the rows inside its loops instead of
+    copying them."""
+    return x[torch.arange(x.shape[0], device=x.device)[:, None, None], index]
+
+
+def _head_rows(x: Tensor, index: Tensor) -> Tensor:
+    """x [B, H, N, D] -> [B, Q, W, H, D]."""
+    return _window_rows(x.transpose(1, 2), index)
 
 
 def _forward_windows(q, k, v, bias, index, valid, out0, lse0):
     """The biased output and log-sum-exp from the unbiased ones, and the window logits
     (saved for the backward)."""
     q_t = q.transpose(1, 2)  # [B, Q, H, D]
-    logits = (q_t[:, :, None] * _window_rows(k, index)).sum(dim=-1) * q.shape[-1] ** -0.5
+    logits = (q_t[:, :, None] * _head_rows(k, index)).sum(dim=-1) * q.shape[-1] ** -0.5
     mass = torch.exp(logits - lse0.transpose(1, 2)[:, :, None]) * valid[..., None]
     extra = torch.expm1(bias)[..., None] * mass  # c_k / Z, [B, Q, W, H]
     denom = 1 + extra.sum(dim=2)  # [B, Q, H]
-    window_sum = (extra[..., None] * _window_rows(v, index)).sum(dim=2)
+    window_sum = (extra[..., None] * _head_rows(v, index)).sum(dim=2)
     out = (out0.transpose(1, 2) + window_sum) / denom[..., None]
     return out.transpose(1, 2), lse0 + torch.log(denom).transpose(1, 2), logits
 
@@ -58,12 +63,10 @@ def _backward_windows(q, k, v, bias, index, valid, logits, out, lse, grad_out, g
     fused_p = torch.exp(logits - lse.transpose(1, 2)[:, :, None]) * valid[..., None]
     missing_p = fused_p * torch.expm1(bias)[..., None]  # what the fused backward left out
     row_dot = (go_t * out.transpose(1, 2)).sum(dim=-1)[:, :, None]
-    grad_p = (go_t[:, :, None] * _window_rows(v, index)).sum(dim=-1) - row_dot
+    grad_p = (go_t[:, :, None] * _head_rows(v, index)).sum(dim=-1) - row_dot
     grad_bias = ((fused_p + missing_p) * grad_p).sum(dim=-1)  # summed over the heads
     missing_logits = missing_p * grad_p * scale
-    grad_q = grad_q + (missing_logits[..., None] * _window_rows(k, index)).sum(dim=2).transpose(
-        1, 2
-    )
+    grad_q = grad_q + (missing_logits[..., None] * _head_rows(k, index)).sum(dim=2).transpose(1, 2)
     return grad_q, grad_bias, missing_logits, missing_p
 
 
@@ -258,18 +261,13 @@ def window_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, keys: Window
     return keys.by_query(out, dim=2)
 
 
-def _shared_rows(x: Tensor, index: Tensor) -> Tensor:
-    """x [B, N, C], index [B, Q, W] -> [B, Q, W, C]."""
-    return x[torch.arange(x.shape[0], device=x.device)[:, None, None], index]
-
-
 def _local_forward(q, k, v, index, valid):
     """Softmax over each query's window keys only: the output and the probabilities
     (saved for the backward)."""
     q_t = q.transpose(1, 2)[:, :, None]  # [B, Q, 1, H, C]
-    logits = (q_t * _shared_rows(k, index)[..., None, :]).sum(dim=-1)  # [B, Q, W, H]
+    logits = (q_t * _window_rows(k, index)[..., None, :]).sum(dim=-1)  # [B, Q, W, H]
     p = torch.softmax(torch.where(valid[..., None], logits, float("-inf")), dim=2)
-    out = (p[..., None] * _shared_rows(v, index)[..., None, :]).sum(dim=2)
+    out = (p[..., None] * _window_rows(v, index)[..., None, :]).sum(dim=2)
     return out.transpose(1, 2), p
 
 
@@ -277,9 +275,9 @@ def _local_backward(q, k, v, index, p, out, grad_out):
     """∂ℓ/∂q and the per-entry weights of ∂ℓ/∂k (on q's rows) and of ∂ℓ/∂v (on g's: p)."""
     go_t = grad_out.transpose(1, 2)  # [B, Q, H, C]
     row_dot = (go_t * out.transpose(1, 2)).sum(dim=-1)[:, :, None]
-    grad_p = (go_t[:, :, None] * _shared_rows(v, index)[..., None, :]).sum(dim=-1) - row_dot
+    grad_p = (go_t[:, :, None] * _window_rows(v, index)[..., None, :]).sum(dim=-1) - row_dot
     grad_logits = p * grad_p
-    grad_q = (grad_logits[..., None] * _shared_rows(k, index)[..., None, :]).sum(dim=2)
+    grad_q = (grad_logits[..., None] * _window_rows(k, index)[..., None, :]).sum(dim=2)
     return grad_q.transpose(1, 2), grad_logits
 
 
@@ -308,9 +306,9 @@ class _LocalAttention(torch.autograd.Function):
 def local_attention_eager(q: Tensor, k: Tensor, v: Tensor, index: Tensor, valid: Tensor) -> Tensor:
     """`local_attention` in matrix products over the gathered windows [B, Q, W, C] under
     autograd (off the CPU)."""
-    logits = q.transpose(1, 2) @ _shared_rows(k, index).transpose(2, 3)
+    logits = q.transpose(1, 2) @ _window_rows(k, index).transpose(2, 3)
     logits = logits.masked_fill(~valid[:, :, None], float("-inf"))  # [B, Q, H, W]
-    return (torch.softmax(logits, dim=-1) @ _shared_rows(v, index)).transpose(1, 2)
+    return (torch.softmax(logits, dim=-1) @ _window_rows(v, index)).transpose(1, 2)
 
 
 def local_attention(q: Tensor, k: Tensor, v: Tensor, keys: WindowKeys) -> Tensor:
