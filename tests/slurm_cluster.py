@@ -69,18 +69,23 @@ class SlurmCluster:
             raise RuntimeError(f"{' '.join(args)}: {result.stderr.strip()}")
         return result.stdout
 
-    def release(self, job_id: str, timeout_s: float = 60.0) -> None:
+    def release(self, job_id: str, timeout_s: float = 180.0) -> None:
         """Start a requeued job now instead of after Slurm's requeue delay.
 
         A requeued job shows COMPLETING until its old batch step has ended, then
         PENDING (BeginTime) for about two minutes. Releasing it earlier lets the old
-        step's late exit end the new start, so this waits for BeginTime twice in a row."""
+        step's late exit end the new start, so this waits for BeginTime twice in a row.
+        The timeout outlasts the requeue delay: on a loaded machine the release may not
+        take, and the job then starts when the delay ends."""
         deadline = time.monotonic() + timeout_s
         seen = 0
+        states: list[str] = []
         while time.monotonic() < deadline:
             state = self.command("squeue", "-h", "-j", job_id, "-o", "%T|%r").strip()
             if state.startswith("RUNNING"):
                 return
+            if not states or states[-1] != state:
+                states.append(state)
             seen = seen + 1 if state == "PENDING|BeginTime" else 0
             if seen >= 2:
                 subprocess.run(
@@ -90,7 +95,9 @@ class SlurmCluster:
                     check=False,  # the job may start between squeue and this
                 )
             time.sleep(0.5)
-        raise AssertionError(f"job {job_id} did not start again within {timeout_s} s")
+        raise AssertionError(
+            f"job {job_id} did not start again within {timeout_s} s; its states: {states}"
+        )
 
     def logs(self) -> str:
         parts = []
