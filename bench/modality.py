@@ -21,6 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
@@ -28,6 +29,7 @@ from mmengine.runner import Runner
 from aqr_exp.checkpoints import allow_mmengine_checkpoints
 from aqr_exp.errors import AqrError
 from aqr_exp.files import check_input_file, write_bench_results
+from aqr_exp.results.render import table_text
 
 log = logging.getLogger("bench.modality")
 
@@ -53,8 +55,8 @@ def blanked_pipeline(pipeline: list[dict], mask: dict | None) -> list[dict]:
     return [*pipeline[:at], dict(type="CmtModalityMask", **mask), *pipeline[at:]]
 
 
-def evaluate(config: Path, checkpoint: Path, mask: dict | None, work_dir: str) -> dict:
-    cfg = Config.fromfile(config)
+def evaluate(base: Config, checkpoint: Path, mask: dict | None, work_dir: str) -> dict:
+    cfg = copy.deepcopy(base)
     cfg.work_dir = work_dir
     cfg.load_from = str(checkpoint)
     dataset = cfg.test_dataloader.dataset
@@ -64,15 +66,16 @@ def evaluate(config: Path, checkpoint: Path, mask: dict | None, work_dir: str) -
 
 
 def table(scores: dict[str, dict], classes: list[str]) -> str:
-    names = list(scores)
-    head = "| metric | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n"
     rows = [("mAP", "mAP"), ("NDS", "NDS")] + [
         (f"{c} AP (2 m)", f"{c}_AP_dist_2.0") for c in classes
     ]
-    return head + "".join(
-        f"| {label} | " + " | ".join(f"{scores[n][PREFIX + key]:.4f}" for n in names) + " |\n"
-        for label, key in rows
+    frame = pd.DataFrame(
+        [
+            {"metric": label} | {n: f"{s[PREFIX + key]:.4f}" for n, s in scores.items()}
+            for label, key in rows
+        ]
     )
+    return table_text(frame, "markdown") + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,22 +87,23 @@ def main(argv: list[str] | None = None) -> None:
     check_input_file(args.config, "config", "an mmdet3d config file")
     check_input_file(args.checkpoint, "checkpoint", "a checkpoint (.pth) of that config")
     allow_mmengine_checkpoints()
+    base = Config.fromfile(args.config)
     scores = {}
     with tempfile.TemporaryDirectory(prefix="aqr-modality-") as tmp:
         for name, mask in BLANKING.items():
             log.info("scoring %s", name)
-            scores[name] = evaluate(args.config, args.checkpoint, mask, f"{tmp}/{len(scores)}")
-    classes = list(Config.fromfile(args.config).class_names)
+            scores[name] = evaluate(base, args.checkpoint, mask, f"{tmp}/{len(scores)}")
     command = "python bench/modality.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    today = datetime.date.today().isoformat()
     text = (
         f"# Sensor reliance of one checkpoint (CPU, torch {torch.__version__})\n\n"
-        f"Command: `{command}`, on {datetime.date.today().isoformat()}. Val split, "
+        f"Command: `{command}`, on {today}. Val split, "
         f"NuScenesMetric; blanking by `CmtModalityMask` on every test sample.\n\n"
-        + table(scores, classes)
+        + table(scores, list(base.class_names))
     )
     payload = {
         "command": command,
-        "date": datetime.date.today().isoformat(),
+        "date": today,
         "config": str(args.config),
         "checkpoint": str(args.checkpoint),
         "scores": {n: {k[len(PREFIX) :]: v for k, v in s.items()} for n, s in scores.items()},
