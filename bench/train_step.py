@@ -3,7 +3,8 @@
 All variants train on the same batch in one process, in interleaved rounds, so
 the ratios to the baseline are not skewed by load that comes and goes. The
 models are the plugin's configs (the CPU demo by default) built by mmengine's
-Runner; a step is forward + loss + backward + AdamW update, as in training.
+Runner; a step is preprocessing (voxelization) + forward + loss + backward + AdamW
+update, as in training.
 Run from the repository root:
 
     python bench/train_step.py                   # writes bench/results/train_step-cpu.*
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import random
 import statistics
 import sys
 import tempfile
@@ -58,12 +60,16 @@ class Trainer:
         self.model = runner.model
         self.model.init_weights()
         self.model.train()
-        self.data = self.model.data_preprocessor(batch, True)
+        self.batch = batch
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr)
 
     def step(self) -> float:
+        """One training iteration, the data preprocessor (voxelization) included: as in
+        training, each step gets freshly made inputs (mmdet3d's PillarFeatureNet edits its
+        voxels in place, so reusing them would feed every later step drifted points)."""
         start = time.perf_counter()
-        losses = self.model(**self.data, mode="loss")
+        data = self.model.data_preprocessor(self.batch, True)
+        losses = self.model(**data, mode="loss")
         loss = sum(value for key, value in losses.items() if "loss" in key)
         self.optimizer.zero_grad()
         loss.backward()
@@ -98,9 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         for trainer in trainers.values():
             trainer.step()  # warm-up
         times: dict[str, list[float]] = {name: [] for name in trainers}
+        order = random.Random(0)
         for round_index in range(args.rounds):
-            for name, trainer in trainers.items():
-                times[name].extend(trainer.step() for _ in range(args.steps))
+            # A new order each round: no variant always runs right after the same one.
+            for name in order.sample(list(trainers), len(trainers)):
+                times[name].extend(trainers[name].step() for _ in range(args.steps))
             log.info(
                 "round %d: %s", round_index + 1, {k: f"{v[-1]:.3f}s" for k, v in times.items()}
             )
@@ -119,9 +127,10 @@ def main(argv: list[str] | None = None) -> int:
             f"# Training step benchmark ({device})",
             "",
             f"Command: `{command.strip()}`. One batch of the CPU demo config (batch 2),",
-            "forward + loss + backward + AdamW step; s/iter: median over interleaved rounds;",
-            "× baseline: the median over rounds of each round's ratio (the load drifts",
-            "between rounds more than within one).",
+            "preprocessing + forward + loss + backward + AdamW step; s/iter: median over",
+            "interleaved rounds, the variants in a new random order each round; × baseline:",
+            "the median over rounds of each round's ratio (the load drifts between rounds",
+            "more than within one).",
             "",
             "| variant | config | s/iter | × baseline | steps timed |",
             "|---|---|---|---|---|",

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from markdown_tables import markdown_tables
 
 from aqr_exp import paths
@@ -103,6 +104,24 @@ def test_train_step_ratio_is_taken_within_each_round() -> None:
     variant = [1.5, 1.5, 3.0, 3.0, 1.5, 1.65]
     assert round_ratio(variant, baseline, steps=2) == pytest.approx(1.5)
     assert round_ratio(baseline, baseline, steps=2) == 1.0
+
+
+def test_train_step_feeds_every_step_the_voxels_training_would(
+    synth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mmdet3d's PillarFeatureNet edits its input voxels in place: a step that reused the
+    first step's voxels would see them shifted by the pillar offsets once more."""
+    monkeypatch.setenv("AQR_DATA_ROOT", f"{synth_root}/")
+    bench = _bench_script("train_step")
+    runner = bench.build(paths.PLUGIN_CONFIGS / bench.VARIANTS["baseline"], str(tmp_path))
+    trainer = bench.Trainer(runner, next(iter(runner.train_dataloader)), 1e-4)
+    seen = []
+    trainer.model.pts_voxel_encoder.register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].clone())
+    )
+    assert trainer.step() > 0 and trainer.step() > 0
+    assert len(seen) == 2 and seen[0].abs().sum() > 0
+    torch.testing.assert_close(seen[1], seen[0], rtol=0, atol=0)
 
 
 def test_attention_rounds_combine_to_the_median_time_and_the_largest_memory() -> None:
