@@ -99,6 +99,12 @@ def check_mmcv_ops() -> Check:
     return Check("mmcv ops", True, "compiled ops load (voxelization, nms_rotated)")
 
 
+def _first_line(err: Exception) -> str:
+    """A compiler failure's first line (they run to pages), or its type if it has none."""
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
 def check_cpu_compile() -> Check:
     """New AQR's window attention on the CPU (`attn_impl` auto/window) is compiled by
     inductor, which needs a working C++ compiler: compile and run a small kernel."""
@@ -107,17 +113,33 @@ def check_cpu_compile() -> Check:
         kernel = torch.compile(lambda x: (x.exp() * 2).sum(dim=-1), dynamic=False)
         ok = bool(torch.allclose(kernel(torch.ones(3, 4)), torch.full((3,), 8 * torch.e)))
     except Exception as err:  # inductor's many failure types; report the reason
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         return Check(
             "torch.compile",
             False,
-            f"inductor cannot compile a CPU kernel: {reason}",
+            f"inductor cannot compile a CPU kernel: {_first_line(err)}",
             "install a C++ compiler and the Python headers (build-essential, python3-dev), "
             "or train new AQR with model.pts_bbox_head.aqr.attn_impl='dense'",
         )
     if not ok:
         return Check("torch.compile", False, "a compiled kernel computed a wrong result")
     return Check("torch.compile", True, "inductor compiles CPU kernels (new AQR's window)")
+
+
+def check_window_kernel() -> Check:
+    """New AQR's window attention runs its float32 forward through a C++ kernel built for
+    this machine on first use (about 30 s, once): build or load it here, not mid-training."""
+    try:
+        window_attention = importlib.import_module("cmt_aqr.aqr.window_attention")
+        lanes = window_attention.window_kernel().lanes
+    except Exception as err:  # compiler and linker failures come in many types; say why
+        return Check(
+            "window kernel",
+            False,
+            f"the window attention's C++ kernel does not build: {_first_line(err)}",
+            "install a C++ compiler with OpenMP and the Python headers (build-essential, "
+            "python3-dev), or train new AQR with model.pts_bbox_head.aqr.attn_impl='dense'",
+        )
+    return Check("window kernel", True, f"new AQR's C++ window kernel loads ({lanes}-lane vectors)")
 
 
 def check_plugin() -> Check:
@@ -161,6 +183,7 @@ def run_checks() -> list[Check]:
         checks.append(check_pinned(dist, module, pins))
     checks.append(check_mmcv_ops())
     checks.append(check_cpu_compile())
+    checks.append(check_window_kernel())
     checks.append(check_plugin())
     return checks
 

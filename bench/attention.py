@@ -11,7 +11,10 @@ and forward + backward, time and peak memory:
   head, where one bias serves every decoder layer (its gradient still flows);
 - flex: the plugin's flex_attention score_mod (bias computed on the fly);
 - window: the plugin's exact window-sparse path (fused no-bias attention corrected
-  on each query's window keys; CPU);
+  on each query's window keys; CPU), each query's window (keys, order, bias values)
+  built inside the timed step;
+- window-shared: the same with the window built once outside the step, as the head
+  does for all its decoder layers (the bias values' gradient still flows);
 - floor: SDPA without any bias (what every ratio is relative to).
 
 Each (method, size, pass) runs in a fresh subprocess, so peak memory is that
@@ -43,11 +46,12 @@ from torch import Tensor, nn
 from aqr_exp.files import write_bench_results
 from cmt_aqr.aqr.bias import BiasScale, WindowBias, WindowSpec
 from cmt_aqr.aqr.cells import MemoryLayout, QueryCells
+from cmt_aqr.aqr.window_attention import WindowKeys, window_attention
 from cmt_aqr.attention import MultiheadAttention
 
 log = logging.getLogger("bench.attention")
 
-METHODS = ("floor", "dense", "dense-shared", "flex", "window", "prototype")
+METHODS = ("floor", "dense", "dense-shared", "flex", "window", "window-shared", "prototype")
 PASSES = ("forward", "forward+backward")
 RESULTS = Path(__file__).parent / "results"
 
@@ -134,7 +138,10 @@ class Case:
         self.shared = None
         if method == "dense-shared":
             shared = self._bias("dense").dense().detach()
-            self.shared = shared.requires_grad_(grad)
+            self.shared = _Fixed(shared.requires_grad_(grad))
+        if method == "window-shared":
+            keys, values = self._bias("window").window()
+            self.shared = _FixedWindow(keys, values.detach().requires_grad_(grad))
 
     def _bias(self, impl: str) -> WindowBias:
         return WindowBias(
@@ -151,7 +158,7 @@ class Case:
         if self.method == "floor":
             return self.layer(self.query, self.memory, self.memory)
         if self.shared is not None:
-            return self.layer(self.query, self.memory, self.memory, bias=_Fixed(self.shared))
+            return self.layer(self.query, self.memory, self.memory, bias=self.shared)
         if self.method in ("dense", "flex", "window"):
             return self.layer(self.query, self.memory, self.memory, bias=self._bias(self.method))
         per_head = self._bias("dense").dense().repeat_interleave(self.size.heads, dim=0)
@@ -177,6 +184,16 @@ class _Fixed:
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias.to(q.dtype))
+
+
+class _FixedWindow:
+    """A precomputed batch window: keys and bias values (the AttentionBias protocol)."""
+
+    def __init__(self, keys: WindowKeys, values: Tensor) -> None:
+        self.keys, self.values = keys, values
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return window_attention(q, k, v, self.values.to(q.dtype), self.keys)
 
 
 def _sync(device: torch.device) -> None:
@@ -279,7 +296,8 @@ def markdown(results: list[dict], device: str, command: str) -> str:
         f"Command: `{command}`. One cross-attention layer with projections, B = 2, 8 heads,",
         "dim 256 (the demo size: 4 heads, dim 128), window 8, learnable bias scale.",
         "`dense` builds the bias inside the step; `dense-shared` builds it once per batch",
-        "(the head shares it across decoder layers). `forward` runs without autograd.",
+        "(the head shares it across decoder layers); `window` and `window-shared` likewise",
+        "for each query's window. `forward` runs without autograd.",
         "Time is the median over repeats (with several rounds, each method run in turn per",
         "round: the median of the rounds'); peak memory is the increase over the case's",
         "inputs (GPU: max allocated; CPU: peak resident set). Ratios are to the no-bias",

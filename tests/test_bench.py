@@ -21,7 +21,7 @@ def test_attention_bench_writes_ratios_to_the_floor_of_the_same_run(tmp_path: Pa
     subprocess.run(
         [
             sys.executable, str(paths.PACKAGE_ROOT / "bench" / "attention.py"),
-            "--sizes", "demo", "--methods", "floor,dense,prototype",
+            "--sizes", "demo", "--methods", "floor,dense,window-shared,prototype",
             "--budget-s", "0", "--rounds", "2", "--out", str(stem),
         ],
         check=True, cwd=paths.PACKAGE_ROOT,
@@ -29,7 +29,9 @@ def test_attention_bench_writes_ratios_to_the_floor_of_the_same_run(tmp_path: Pa
     payload = json.loads(stem.with_suffix(".json").read_text())
     rows = payload["results"]
     assert {(r["method"], r["pass"]) for r in rows} == {
-        (m, p) for m in ("floor", "dense", "prototype") for p in ("forward", "forward+backward")
+        (m, p)
+        for m in ("floor", "dense", "window-shared", "prototype")
+        for p in ("forward", "forward+backward")
     }
     assert all(r["time_ms"] > 0 and r["rounds"] == 2 and r["repeats"] >= 6 for r in rows)
     table = markdown_tables(stem.with_suffix(".md").read_text())[0]

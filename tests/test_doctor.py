@@ -23,6 +23,7 @@ def test_doctor_reports_a_working_stack() -> None:
         assert f"ok   {dist}" in result.output
         assert pins[dist] in result.output
     assert "compiled ops load" in result.output
+    assert "ok   window kernel" in result.output and "-lane vectors" in result.output
     assert "The stack can train." in result.output
 
 
@@ -74,12 +75,19 @@ def test_doctor_exits_nonzero_when_the_stack_cannot_train() -> None:
 
 def test_doctor_fails_when_inductor_has_no_compiler(tmp_path: Path) -> None:
     """New AQR's CPU attention is compiled: a stack that cannot compile must not pass.
-    A fresh inductor cache, so the kernel is really compiled, with a compiler that fails."""
-    env = {**os.environ, "CXX": "/bin/false", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "ind")}
+    Fresh inductor and extension caches, so both kernels are really built, with a compiler
+    that fails."""
+    env = {
+        **os.environ,
+        "CXX": "/bin/false",
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "ind"),
+        "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext"),
+    }
     code = "from aqr_exp.cli.main import app; app(['doctor'])"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "FAIL torch.compile" in proc.stdout
+    assert "FAIL window kernel" in proc.stdout
     assert "attn_impl='dense'" in proc.stdout
 
 

@@ -15,7 +15,14 @@ from mmengine.config import Config
 from aqr_exp import paths
 from cmt_aqr.aqr.bias import BiasScale, WindowBias, WindowSpec
 from cmt_aqr.aqr.cells import MemoryLayout, QueryCells, window_keys
-from cmt_aqr.aqr.window_attention import WindowKeys, local_attention, local_attention_eager
+from cmt_aqr.aqr.window_attention import (
+    WindowKeys,
+    _forward_windows,
+    forward_windows_kernel,
+    kernel_applies,
+    local_attention,
+    local_attention_eager,
+)
 from cmt_aqr.head import SceneContext
 
 LAYOUT = MemoryLayout(bev_size=(6, 8), num_views=3, cam_size=(4, 5))
@@ -39,13 +46,19 @@ def _cells(batch: int, queries: int, gen: torch.Generator, camera_share: float) 
 
 
 def _attend_and_grads(
-    impl: str, spec: WindowSpec, dtype: torch.dtype, camera_share: float, adaptive: bool = False
+    impl: str,
+    spec: WindowSpec,
+    dtype: torch.dtype,
+    camera_share: float,
+    adaptive: bool = False,
+    dims: int = 8,
 ):
     """One cross-attention through WindowBias; the output and the gradients of a fixed
     projection of it w.r.t. q, k, v, both weights and the learnable scale (adaptive: and
-    each query's BEV and camera σ, as the extent predictor sets them)."""
+    each query's BEV and camera σ, as the extent predictor sets them). Float32 heads of
+    32 channels take the window forward's C++ kernel; 8 channels, its compiled sums."""
     gen = torch.Generator().manual_seed(0)
-    batch, heads, queries, dims = 2, 3, 11, 8
+    batch, heads, queries = 2, 3, 11
     cells = _cells(batch, queries, gen, camera_share)
 
     trains = impl != "flex"  # flex has no backward on the CPU: its inputs take no grad
@@ -100,24 +113,54 @@ def test_adaptive_windows_agree_across_implementations(dtype: torch.dtype) -> No
     """Per-query σ (adaptive windows): window equals dense, outputs and every gradient,
     the σ's included; flex, which trains on CUDA only, agrees in the forward pass."""
     spec = WindowSpec(5, 3, profile="gaussian")
-    dense, dense_grads = _attend_and_grads("dense", spec, dtype, 0.7, adaptive=True)
-    window, window_grads = _attend_and_grads("window", spec, dtype, 0.7, adaptive=True)
+    dense, dense_grads = _attend_and_grads("dense", spec, dtype, 0.7, adaptive=True, dims=32)
+    window, window_grads = _attend_and_grads("window", spec, dtype, 0.7, adaptive=True, dims=32)
     tolerance = 1e-10 if dtype == torch.float64 else 1e-4
     torch.testing.assert_close(window, dense, rtol=0, atol=tolerance)
     assert len(dense_grads) == 8 and all(grad.abs().max() > 0 for grad in dense_grads)
     for got, expected in zip(window_grads, dense_grads, strict=True):
         torch.testing.assert_close(got, expected, rtol=0, atol=tolerance)
     if dtype == torch.float32:
-        flex, _ = _attend_and_grads("flex", spec, dtype, 0.7, adaptive=True)
+        flex, _ = _attend_and_grads("flex", spec, dtype, 0.7, adaptive=True, dims=32)
         torch.testing.assert_close(flex, dense.detach(), rtol=0, atol=1e-4)
 
 
-def test_window_equals_dense_in_float32() -> None:
-    dense, dense_grads = _attend_and_grads("dense", SPECS["gaussian"], torch.float32, 0.7)
-    window, window_grads = _attend_and_grads("window", SPECS["gaussian"], torch.float32, 0.7)
+@pytest.mark.parametrize("name", list(SPECS))
+@pytest.mark.parametrize("camera_share", [0.7, 0.0], ids=["cameras", "no camera sees"])
+@pytest.mark.parametrize("dims", [32, 8], ids=["kernel", "compiled"])
+def test_window_equals_dense_in_float32(name: str, camera_share: float, dims: int) -> None:
+    spec = SPECS[name]
+    dense, dense_grads = _attend_and_grads("dense", spec, torch.float32, camera_share, dims=dims)
+    window, window_grads = _attend_and_grads("window", spec, torch.float32, camera_share, dims=dims)
     torch.testing.assert_close(window, dense, rtol=0, atol=1e-4)
     for got, expected in zip(window_grads, dense_grads, strict=True):
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("queries", [1, 37])
+def test_the_forward_kernel_equals_the_compiled_sums(queries: int) -> None:
+    """The C++ kernel and the compiled indexing give the same biased output, log-sum-exp
+    and window logits, with missing cells (zero bias) and windows of any width."""
+    gen = torch.Generator().manual_seed(1)
+    batch, heads, dims, tokens, width = 2, 4, 32, 300, 50
+    q, k, v = (torch.randn(batch, length, heads, dims, generator=gen).transpose(1, 2)
+               for length in (queries, tokens, tokens))  # fmt: skip
+    index = torch.randint(0, tokens, (batch, queries, width), generator=gen)
+    valid = torch.rand(batch, queries, width, generator=gen) < 0.8
+    bias = torch.where(valid, torch.randn(batch, queries, width, generator=gen), 0.0)
+    out0, lse0 = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)
+    assert kernel_applies(q) and not kernel_applies(q.double()) and not kernel_applies(q[..., :8])
+    by_kernel = forward_windows_kernel(q, k, v, bias, index, out0, lse0)
+    compiled = _forward_windows(q, k, v, bias, index, valid, out0, lse0)
+    assert by_kernel[0].shape == compiled[0].shape and by_kernel[1].shape == compiled[1].shape
+    for got, expected in zip(by_kernel, compiled, strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_window_keys_outside_the_memory_are_refused() -> None:
+    index = torch.tensor([[[0, 5, 12]]])
+    with pytest.raises(ValueError, match=r"memory's 12 tokens, got indices 0\.\.12"):
+        WindowKeys(index, torch.ones_like(index, dtype=torch.bool), num_tokens=12)
 
 
 @pytest.mark.parametrize(

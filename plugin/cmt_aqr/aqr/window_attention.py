@@ -9,11 +9,15 @@ window keys only. The backward calls the fused backward with the biased output a
 log-sum-exp, exact for every key outside the window, and corrects the window keys.
 docs/window-attention.md derives both; no [Q, N] tensor is ever built.
 
-The window work is compiled: inductor fuses the gather of each query's window keys into
-the loops that use them, so the [B, Q, W, H, D] window keys are never materialized (eager
-PyTorch copies them, and that copy cost more than the fused attention itself). The
-corrections that land on keys (∂ℓ/∂k, ∂ℓ/∂v) are sums over the queries whose window
-holds each key: a sparse matrix per batch (keys × queries, per head), multiplied by
+The forward's window sums in float32 are a C++ kernel (csrc/window_forward.cpp, built once
+per machine at first use): one pass per query, the next window rows prefetched, since
+they lie scattered over the memory (the layer's forward at 800x320, Q = 900: 1.08x -> 1.04x
+the no-bias floor; docs/benchmarks.md). The rest of the window work, and the forward in
+other dtypes or head widths, is compiled: inductor fuses the gather of each query's window
+keys into the loops that use them, so the [B, Q, W, H, D] window keys are never
+materialized (eager PyTorch copies them, and that copy cost more than the fused attention
+itself). The corrections that land on keys (∂ℓ/∂k, ∂ℓ/∂v) are sums over the queries whose
+window holds each key: a sparse matrix per batch (keys × queries, per head), multiplied by
 MKL's sparse kernel.
 
 `local_attention` is the weight generator's window softmax (every key outside the window
@@ -24,10 +28,16 @@ products, for keys shared by the heads.
 from __future__ import annotations
 
 import functools
+import logging
 import warnings
+from pathlib import Path
 
 import torch
 from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+_KERNEL_SOURCE = Path(__file__).with_name("csrc") / "window_forward.cpp"
 
 
 def _window_rows(x: Tensor, index: Tensor) -> Tensor:
@@ -53,6 +63,53 @@ def _forward_windows(q, k, v, bias, index, valid, out0, lse0):
     window_sum = (extra[..., None] * _head_rows(v, index)).sum(dim=2)
     out = (out0.transpose(1, 2) + window_sum) / denom[..., None]
     return out.transpose(1, 2), lse0 + torch.log(denom).transpose(1, 2), logits
+
+
+# Vector instructions per ATen CPU capability (what torch itself dispatches to here; the
+# ATEN_CPU_CAPABILITY variable lowers it): the kernel is built and named per capability, so
+# a cache shared by machines of different CPUs (a cluster's home directory) stays safe.
+_ARCH_FLAGS = {
+    "AVX512": ["-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw", "-mfma"],
+    "AVX2": ["-mavx2", "-mfma"],
+}
+
+
+@functools.cache
+def window_kernel():
+    """The C++ forward kernel, compiled for this machine's vector instructions on first use
+    (about 30 s) and cached by torch with its other extensions (TORCH_EXTENSIONS_DIR)."""
+    from torch.utils import cpp_extension
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    log.info("loading the window attention kernel for %s (built once, about 30 s)", capability)
+    return cpp_extension.load(
+        f"aqr_window_forward_{capability.lower()}",
+        [str(_KERNEL_SOURCE)],
+        extra_cflags=["-O3", "-fopenmp", *_ARCH_FLAGS.get(capability, [])],
+        extra_ldflags=["-fopenmp"],
+    )
+
+
+def kernel_applies(q: Tensor) -> bool:
+    """The kernel handles float32 with head widths of whole vectors; the rest is compiled."""
+    return q.dtype == torch.float32 and q.shape[-1] % window_kernel().lanes == 0
+
+
+def _key_rows(x: Tensor) -> Tensor:
+    """[B, H, L, D] -> [B, L, H * D]: a view of q, k, v and the fused output's memory."""
+    batch, heads, length, dims = x.shape
+    return x.transpose(1, 2).contiguous().view(batch, length, heads * dims)
+
+
+def forward_windows_kernel(q, k, v, bias, index, out0, lse0):
+    """`_forward_windows` (with the invalid entries' bias zero) by the C++ kernel."""
+    batch, heads, queries, dims = q.shape
+    out, lse, logits = window_kernel().window_forward(
+        _key_rows(q), _key_rows(k), _key_rows(v), torch.expm1(bias), index.contiguous(),
+        _key_rows(out0), lse0.transpose(1, 2).contiguous(), heads, dims**-0.5,
+    )  # fmt: skip
+    out = out.view(batch, queries, heads, dims).transpose(1, 2)
+    return out, lse.transpose(1, 2), logits
 
 
 def _backward_windows(q, k, v, bias, index, valid, logits, out, lse, grad_out, grad_q):
@@ -186,6 +243,11 @@ class WindowKeys:
 
     def __init__(self, index: Tensor, valid: Tensor, num_tokens: int) -> None:
         batch, queries, _ = index.shape
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= num_tokens):
+            raise ValueError(
+                f"window keys must index the memory's {num_tokens} tokens, got indices "
+                f"{int(index.min())}..{int(index.max())}"
+            )
         order = index[:, :, 0].argsort(dim=1)  # [B, Q]: sorted position -> query
         first = torch.arange(batch, device=index.device)[:, None] * queries
         self._rows = (first + order).reshape(-1)
@@ -216,10 +278,14 @@ class _WindowAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, bias, keys: WindowKeys):
         out0, lse0 = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)
-        queries_vary((q, 2), (bias, 1), (keys.index, 1), (keys.valid, 1), (out0, 2), (lse0, 2))
-        out, lse, logits = compiled_once(_forward_windows)(
-            q, k, v, bias, keys.index, keys.valid, out0, lse0
-        )
+        if kernel_applies(q):
+            out, lse, logits = forward_windows_kernel(q, k, v, bias, keys.index, out0, lse0)
+        else:
+            queries_vary((q, 2), (bias, 1), (keys.index, 1), (keys.valid, 1))
+            queries_vary((out0, 2), (lse0, 2))
+            out, lse, logits = compiled_once(_forward_windows)(
+                q, k, v, bias, keys.index, keys.valid, out0, lse0
+            )
         ctx.keys = keys
         ctx.save_for_backward(q, k, v, bias, logits, out, lse)
         return out
