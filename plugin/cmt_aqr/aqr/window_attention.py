@@ -11,14 +11,14 @@ docs/window-attention.md derives both; no [Q, N] tensor is ever built.
 
 The forward's window sums in float32 are a C++ kernel (csrc/window_forward.cpp, built once
 per machine at first use): one pass per query, the next window rows prefetched, since
-they lie scattered over the memory (the layer's forward at 800x320, Q = 900: 1.08x -> 1.04x
-the no-bias floor; docs/benchmarks.md). The rest of the window work, and the forward in
-other dtypes or head widths, is compiled: inductor fuses the gather of each query's window
-keys into the loops that use them, so the [B, Q, W, H, D] window keys are never
-materialized (eager PyTorch copies them, and that copy cost more than the fused attention
-itself). The corrections that land on keys (∂ℓ/∂k, ∂ℓ/∂v) are sums over the queries whose
-window holds each key: a sparse matrix per batch (keys × queries, per head), multiplied by
-MKL's sparse kernel.
+they lie scattered over the memory (the layer's forward at 800x320, Q = 900: 1.05-1.08x ->
+1.04-1.05x the no-bias floor, measured in the same processes; docs/benchmarks.md). The
+rest of the window work, and the forward in other dtypes or head widths, is compiled:
+inductor fuses the gather of each query's window keys into the loops that use them, so the
+[B, Q, W, H, D] window keys are never materialized (eager PyTorch copies them, and that copy
+cost more than the fused attention itself). The corrections that land on keys (∂ℓ/∂k,
+∂ℓ/∂v) are sums over the queries whose window holds each key: a sparse matrix per batch
+(keys × queries, per head), multiplied by MKL's sparse kernel.
 
 `local_attention` is the weight generator's window softmax (every key outside the window
 masked out) built from the same pieces: the compiled window sums and the key-major
@@ -95,8 +95,9 @@ def kernel_applies(q: Tensor) -> bool:
     return q.dtype == torch.float32 and q.shape[-1] % window_kernel().lanes == 0
 
 
-def _key_rows(x: Tensor) -> Tensor:
-    """[B, H, L, D] -> [B, L, H * D]: a view of q, k, v and the fused output's memory."""
+def _token_rows(x: Tensor) -> Tensor:
+    """[B, H, L, D] -> [B, L, H * D], the memory layout of q, k, v and the fused output
+    (a view; copied only if x is laid out otherwise)."""
     batch, heads, length, dims = x.shape
     return x.transpose(1, 2).contiguous().view(batch, length, heads * dims)
 
@@ -105,8 +106,8 @@ def forward_windows_kernel(q, k, v, bias, index, out0, lse0):
     """`_forward_windows` (with the invalid entries' bias zero) by the C++ kernel."""
     batch, heads, queries, dims = q.shape
     out, lse, logits = window_kernel().window_forward(
-        _key_rows(q), _key_rows(k), _key_rows(v), torch.expm1(bias), index.contiguous(),
-        _key_rows(out0), lse0.transpose(1, 2).contiguous(), heads, dims**-0.5,
+        _token_rows(q), _token_rows(k), _token_rows(v), torch.expm1(bias), index.contiguous(),
+        _token_rows(out0), lse0.transpose(1, 2).contiguous(), heads, dims**-0.5,
     )  # fmt: skip
     out = out.view(batch, queries, heads, dims).transpose(1, 2)
     return out, lse.transpose(1, 2), logits
@@ -243,10 +244,11 @@ class WindowKeys:
 
     def __init__(self, index: Tensor, valid: Tensor, num_tokens: int) -> None:
         batch, queries, _ = index.shape
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= num_tokens):
+        lowest, highest = (int(index.min()), int(index.max())) if index.numel() else (0, 0)
+        if lowest < 0 or highest >= num_tokens:
             raise ValueError(
-                f"window keys must index the memory's {num_tokens} tokens, got indices "
-                f"{int(index.min())}..{int(index.max())}"
+                f"window keys must index the memory's {num_tokens} tokens, "
+                f"got indices {lowest}..{highest}"
             )
         order = index[:, :, 0].argsort(dim=1)  # [B, Q]: sorted position -> query
         first = torch.arange(batch, device=index.device)[:, None] * queries

@@ -3,7 +3,7 @@
 // One pass per query over its window keys: the window logits, their exponentials, and the
 // sums the biased output needs, with the next keys' rows prefetched (the rows of a query's
 // window are scattered over the memory, so the hardware prefetcher cannot guess them).
-// Built at first use with the vector instructions of the machine it runs on.
+// Built at first use for the machine's ATen CPU capability (AVX-512, AVX2).
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
 #define CPU_CAPABILITY_AVX512
@@ -37,9 +37,9 @@ std::vector<at::Tensor> window_forward(const at::Tensor& q, const at::Tensor& k,
                                        const at::Tensor& index, const at::Tensor& out0,
                                        const at::Tensor& lse0, int64_t heads, double scale) {
   for (const at::Tensor* t : {&q, &k, &v, &gain, &out0, &lse0}) {
-    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous(), "float32, contiguous");
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous(), "window_forward takes contiguous float32 tensors");
   }
-  TORCH_CHECK(index.scalar_type() == at::kLong && index.is_contiguous(), "index: int64");
+  TORCH_CHECK(index.scalar_type() == at::kLong && index.is_contiguous(), "window_forward takes a contiguous int64 index");
   const int64_t batch = q.size(0), queries = q.size(1), channels = q.size(2);
   const int64_t tokens = k.size(1), width = index.size(2), dims = channels / heads;
   TORCH_CHECK(dims % kLanes == 0, "head width must be a multiple of ", kLanes);
