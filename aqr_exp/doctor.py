@@ -126,8 +126,9 @@ def check_cpu_compile() -> Check:
 
 
 def check_window_kernel() -> Check:
-    """New AQR's window attention runs its float32 forward through a C++ kernel built for
-    this machine on first use (about 30 s, once): build or load it here, not mid-training."""
+    """AQR's window attentions on the CPU (the weight generator of old and new AQR, new
+    AQR's window bias) run through C++ kernels built for this machine on first use (about
+    30 s, once): build or load them here, not mid-training."""
     try:
         window_attention = importlib.import_module("cmt_aqr.aqr.window_attention")
         lanes = window_attention.window_kernel().lanes
@@ -135,11 +136,11 @@ def check_window_kernel() -> Check:
         return Check(
             "window kernel",
             False,
-            f"the window attention's C++ kernel does not build: {_first_line(err)}",
+            f"the window attentions' C++ kernels do not build: {_first_line(err)}",
             "install a C++ compiler with OpenMP and the Python headers (build-essential, "
-            "python3-dev), or train new AQR with model.pts_bbox_head.aqr.attn_impl='dense'",
+            "python3-dev): AQR (old and new) needs them on the CPU, the CMT baseline does not",
         )
-    return Check("window kernel", True, f"new AQR's C++ window kernel loads ({lanes}-lane vectors)")
+    return Check("window kernel", True, f"AQR's C++ window kernels load ({lanes}-lane vectors)")
 
 
 def check_plugin() -> Check:

@@ -17,11 +17,17 @@ from cmt_aqr.aqr.bias import BiasScale, WindowBias, WindowSpec
 from cmt_aqr.aqr.cells import MemoryLayout, QueryCells, window_keys
 from cmt_aqr.aqr.window_attention import (
     WindowKeys,
+    _backward_windows,
     _forward_windows,
+    _local_backward,
+    _local_forward,
+    backward_windows_kernel,
     forward_windows_kernel,
     kernel_applies,
     local_attention,
     local_attention_eager,
+    local_backward_kernel,
+    local_forward_kernel,
 )
 from cmt_aqr.head import SceneContext
 
@@ -137,22 +143,64 @@ def test_window_equals_dense_in_float32(name: str, camera_share: float, dims: in
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("queries", [1, 37])
-def test_the_forward_kernel_equals_the_compiled_sums(queries: int) -> None:
-    """The C++ kernel and the compiled indexing give the same biased output, log-sum-exp
-    and window logits, with missing cells (zero bias) and windows of any width."""
-    gen = torch.Generator().manual_seed(1)
-    batch, heads, dims, tokens, width = 2, 4, 32, 300, 50
-    q, k, v = (torch.randn(batch, length, heads, dims, generator=gen).transpose(1, 2)
-               for length in (queries, tokens, tokens))  # fmt: skip
+def _random_window(gen: torch.Generator, batch: int, queries: int, tokens: int, width: int):
     index = torch.randint(0, tokens, (batch, queries, width), generator=gen)
     valid = torch.rand(batch, queries, width, generator=gen) < 0.8
+    return index, valid
+
+
+def _rows(gen: torch.Generator, batch: int, length: int, heads: int, dims: int) -> torch.Tensor:
+    """[B, H, L, D] in the memory layout [B, L, H, D] of the layers' q, k and v."""
+    return torch.randn(batch, length, heads, dims, generator=gen).transpose(1, 2)
+
+
+@pytest.mark.parametrize("queries", [1, 37])
+def test_the_window_kernels_equal_the_compiled_sums(queries: int) -> None:
+    """The C++ kernels and the compiled indexing give the same biased output, log-sum-exp
+    and window logits, and the same backward terms, with missing cells (zero bias, no
+    gradient) and windows of any width."""
+    gen = torch.Generator().manual_seed(1)
+    batch, heads, dims, tokens, width = 2, 4, 32, 300, 50
+    q, k, v = (_rows(gen, batch, length, heads, dims) for length in (queries, tokens, tokens))
+    index, valid = _random_window(gen, batch, queries, tokens, width)
     bias = torch.where(valid, torch.randn(batch, queries, width, generator=gen), 0.0)
     out0, lse0 = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)
     assert kernel_applies(q) and not kernel_applies(q.double()) and not kernel_applies(q[..., :8])
     by_kernel = forward_windows_kernel(q, k, v, bias, index, out0, lse0)
     compiled = _forward_windows(q, k, v, bias, index, valid, out0, lse0)
     assert by_kernel[0].shape == compiled[0].shape and by_kernel[1].shape == compiled[1].shape
+    for got, expected in zip(by_kernel, compiled, strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+    out, lse, logits = compiled
+    grad_out, grad_q = (_rows(gen, batch, queries, heads, dims) for _ in range(2))
+    args = (q, k, v, bias, index, valid, logits, out, lse, grad_out)
+    compiled = _backward_windows(*args, grad_q)
+    by_kernel = backward_windows_kernel(*args, grad_q.clone())
+    assert compiled[1][~valid].abs().max() == 0 and compiled[1][valid].abs().min() > 0
+    for got, expected in zip(by_kernel, compiled, strict=True):
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_the_local_kernels_equal_the_compiled_sums() -> None:
+    """The weight generator's window softmax, forward and backward terms, by the C++
+    kernels and by the compiled indexing, with missing cells."""
+    gen = torch.Generator().manual_seed(2)
+    batch, heads, channels, queries, tokens, width = 2, 4, 32, 23, 200, 50
+    q = _rows(gen, batch, queries, heads, channels)
+    k, v = (torch.randn(batch, tokens, channels, generator=gen) for _ in range(2))
+    index, valid = _random_window(gen, batch, queries, tokens, width)
+    valid[:, :, 0] = True  # every query needs a key
+    by_kernel = local_forward_kernel(q, k, v, index, valid)
+    compiled = _local_forward(q, k, v, index, valid)
+    for got, expected in zip(by_kernel, compiled, strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+    out, p = compiled
+    grad_out = _rows(gen, batch, queries, heads, channels)
+    by_kernel = local_backward_kernel(q, k, v, index, valid, p, out, grad_out)
+    compiled = _local_backward(q, k, v, index, p, out, grad_out)
     for got, expected in zip(by_kernel, compiled, strict=True):
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
@@ -202,32 +250,35 @@ def test_window_refuses_a_device_without_its_fused_kernel() -> None:
         bias.attend(q, kv, kv)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_local_attention_paths_agree(dtype: torch.dtype) -> None:
-    """The weight generator's window softmax: the CPU path (compiled, its own backward
-    through the key-major sums of keys shared by the heads) equals the eager matrix
-    products used off the CPU, outputs and gradients of q, k and v, with windows clipped
-    at the borders and camera cells no camera sees."""
+@pytest.mark.parametrize(
+    ("dtype", "channels"), [(torch.float64, 6), (torch.float32, 6), (torch.float32, 32)]
+)
+def test_local_attention_paths_agree(dtype: torch.dtype, channels: int) -> None:
+    """The weight generator's window softmax: the CPU path (C++ kernels for float32 rows
+    of whole vectors, else compiled; its own backward through the key-major sums of keys
+    shared by the heads) equals the eager matrix products used off the CPU, outputs and
+    gradients of q, k and v, with windows clipped at the borders and camera cells no
+    camera sees."""
     gen = torch.Generator().manual_seed(0)
     cells = _cells(2, 9, gen, 0.5)
     index, valid = window_keys(cells, LAYOUT, 5, 3)
     keys = WindowKeys(index, valid, LAYOUT.num_tokens)
     assert not valid.all()
-    q = torch.randn(2, 3, 9, 6, generator=gen, dtype=dtype, requires_grad=True)
+    q = torch.randn(2, 3, 9, channels, generator=gen, dtype=dtype, requires_grad=True)
     k, v = (
-        torch.randn(2, LAYOUT.num_tokens, 6, generator=gen, dtype=dtype, requires_grad=True)
+        torch.randn(2, LAYOUT.num_tokens, channels, generator=gen, dtype=dtype).requires_grad_()
         for _ in range(2)
     )
-    probe = torch.randn(2, 3, 9, 6, generator=gen, dtype=dtype)
+    probe = torch.randn(2, 3, 9, channels, generator=gen, dtype=dtype)
     results = []
     for attend in (local_attention, local_attention_eager):
         args = (keys,) if attend is local_attention else (index, valid)
         out = attend(q, k, v, *args)
         results.append((out, *torch.autograd.grad((out * probe).sum(), (q, k, v))))
-    tolerance = 1e-10 if dtype == torch.float64 else 1e-5
+    tolerance = 1e-10 if dtype == torch.float64 else 1e-5  # float32: exp to 20 ulp
     for got, expected in zip(*results, strict=True):
         assert expected.abs().max() > 0
-        torch.testing.assert_close(got, expected, rtol=0, atol=tolerance)
+        torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance)
 
 
 def _six_cameras() -> torch.Tensor:

@@ -9,27 +9,25 @@ window keys only. The backward calls the fused backward with the biased output a
 log-sum-exp, exact for every key outside the window, and corrects the window keys.
 docs/window-attention.md derives both; no [Q, N] tensor is ever built.
 
-The forward's window sums in float32 are a C++ kernel (csrc/window_forward.cpp, built once
-per machine at first use): one pass per query, the next window rows prefetched, since
-they lie scattered over the memory (the layer's forward at 800x320, Q = 900: 1.05-1.08x ->
-1.04-1.05x the no-bias floor, measured in the same processes; docs/benchmarks.md). The
-rest of the window work, and the forward in other dtypes or head widths, is compiled:
-inductor fuses the gather of each query's window keys into the loops that use them, so the
-[B, Q, W, H, D] window keys are never materialized (eager PyTorch copies them, and that copy
-cost more than the fused attention itself). The corrections that land on keys (∂ℓ/∂k,
-∂ℓ/∂v) are sums over the queries whose window holds each key: a sparse matrix per batch
-(keys × queries, per head), multiplied by MKL's sparse kernel.
+The window work in float32 runs in C++ kernels (csrc/window_kernels.cpp, built once per
+machine at first use): one pass per query over its window keys, the next window rows
+prefetched, since they lie scattered over the memory (docs/window-attention.md). Other
+dtypes and head widths that are not whole vectors (the float64 tests) take the same sums
+written as indexing and compiled: inductor fuses the gather of each query's window keys
+into the loops that use them, so the [B, Q, W, H, D] window keys are never materialized.
+The corrections that land on keys (∂ℓ/∂k, ∂ℓ/∂v) are sums over the queries whose window
+holds each key: a sparse matrix per batch (keys × window entries, every head in one
+entry), its pattern built once per batch by a counting sort and summed in place onto the
+gradients by a C++ kernel in every dtype.
 
 `local_attention` is the weight generator's window softmax (every key outside the window
-masked out) built from the same pieces: the compiled window sums and the key-major
-products, for keys shared by the heads.
+masked out) built from the same pieces, for keys shared by the heads.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import warnings
 from pathlib import Path
 
 import torch
@@ -37,7 +35,7 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-_KERNEL_SOURCE = Path(__file__).with_name("csrc") / "window_forward.cpp"
+_KERNEL_SOURCE = Path(__file__).with_name("csrc") / "window_kernels.cpp"
 
 
 def _window_rows(x: Tensor, index: Tensor) -> Tensor:
@@ -83,7 +81,7 @@ def window_kernel():
     capability = torch.backends.cpu.get_cpu_capability()
     log.info("loading the window attention kernel for %s (built once, about 30 s)", capability)
     return cpp_extension.load(
-        f"aqr_window_forward_{capability.lower()}",
+        f"aqr_window_kernels_{capability.lower()}",
         [str(_KERNEL_SOURCE)],
         extra_cflags=["-O3", "-fopenmp", *_ARCH_FLAGS.get(capability, [])],
         extra_ldflags=["-fopenmp"],
@@ -96,7 +94,7 @@ def kernel_applies(q: Tensor) -> bool:
 
 
 def _token_rows(x: Tensor) -> Tensor:
-    """[B, H, L, D] -> [B, L, H * D], the memory layout of q, k, v and the fused output
+    """[B, H, L, D] -> [B, L, H * D], the memory layout of q, k, v and the outputs
     (a view; copied only if x is laid out otherwise)."""
     batch, heads, length, dims = x.shape
     return x.transpose(1, 2).contiguous().view(batch, length, heads * dims)
@@ -111,6 +109,19 @@ def forward_windows_kernel(q, k, v, bias, index, out0, lse0):
     )  # fmt: skip
     out = out.view(batch, queries, heads, dims).transpose(1, 2)
     return out, lse.transpose(1, 2), logits
+
+
+def backward_windows_kernel(q, k, v, bias, index, valid, logits, out, lse, grad_out, grad_q):
+    """`_backward_windows` by the C++ kernel (grad_q corrected in place)."""
+    batch, heads, queries, dims = q.shape
+    grad_q_rows = _token_rows(grad_q)
+    grad_bias, missing_logits, missing_p = window_kernel().window_backward(
+        _token_rows(q), _token_rows(k), _token_rows(v), torch.expm1(bias), index.contiguous(),
+        valid.contiguous(), logits.contiguous(), _token_rows(out),
+        lse.transpose(1, 2).contiguous(), _token_rows(grad_out), grad_q_rows, heads, dims**-0.5,
+    )  # fmt: skip
+    grad_q = grad_q_rows.view(batch, queries, heads, dims).transpose(1, 2)
+    return grad_q, grad_bias, missing_logits, missing_p
 
 
 def _backward_windows(q, k, v, bias, index, valid, logits, out, lse, grad_out, grad_q):
@@ -170,66 +181,36 @@ class _Reorder(torch.autograd.Function):
 
 
 class KeyMajorWindows:
-    """Each key's (query, window slot) entries: the sparsity pattern of the corrections
-    that land on keys, a sparse matrix whose rows are the keys (per head, or one per key
-    when the heads share the keys) and whose columns are the (query, head) rows of q's
-    memory layout [B, Q, H, D]. Its rows follow the keys' layout [B, N, H, D], so neither
-    side is copied into another layout. Built once per batch and shared by every layer's
-    backward."""
+    """Each key's window entries (b, q, w): the sparsity pattern of the corrections that
+    land on keys, a sparse matrix (keys × entries) in CSR form whose rows follow the keys'
+    layout [B, N, ...]. Each entry carries every head: it reads one block of the query's
+    row in q's layout [B, Q, H, D] and of the weights [B, Q, W, H], so neither side is
+    copied into another layout. Built once per batch (a counting sort in C++) and shared by
+    every layer's backward."""
 
-    def __init__(self, index: Tensor, num_tokens: int, heads: int, shared: bool = False) -> None:
-        batch, queries, width = index.shape
-        entries = queries * width
-        device = index.device
-        flat = index.reshape(batch, entries)
-        order = flat.argsort(dim=1, stable=True)  # entries sorted by key, [B, E]
-        key = flat.gather(1, order)
-        counts = torch.zeros(batch, num_tokens, dtype=torch.int64, device=device)
-        counts.scatter_add_(1, flat, torch.ones_like(flat))
-        rank = torch.arange(entries, device=device) - (counts.cumsum(1) - counts).gather(1, key)
-        # Per entry and head, laid out [B, H, E] (long inner loops): its place in the
-        # matrix, its weight's place in weights [B, Q, W, H] and its column.
-        b = torch.arange(batch, device=device)[:, None, None]
-        h = torch.arange(heads, device=device)[:, None]
-        key, order, rank = key[:, None], order[:, None], rank[:, None]
-        if shared:  # row (b, n): per entry, one column per head
-            per_row = counts * heads
-            first = b * num_tokens + key
-            step = rank * heads + h
-        else:  # row (b, n, h)
-            per_row = counts[..., None].expand(-1, -1, heads)
-            first = (b * num_tokens + key) * heads + h
-            step = rank
-        crow = torch.cat((per_row.new_zeros(1), per_row.reshape(-1).cumsum(0)))
-        position = (crow[first] + step).reshape(-1)
-        entry = ((b * entries + order) * heads + h).reshape(-1)
-        column = ((b * queries + order // width) * heads + h).reshape(-1)
-        self.weight_index = torch.empty_like(position).index_copy_(0, position, entry)
-        self.col = torch.empty_like(position).index_copy_(0, position, column)
-        self.col = self.col.to(torch.int32)
-        self.crow = crow.to(torch.int32)
-        self.shared = shared
-        rows = batch * num_tokens * (1 if shared else heads)
-        self.shape = (rows, batch * queries * heads)
+    def __init__(self, index: Tensor, num_tokens: int) -> None:
+        self.crow, self.query, self.entry = window_kernel().key_major_pattern(
+            index.contiguous(), num_tokens
+        )
+        self.num_rows = self.crow.numel() - 1
 
-    def add_to_keys(self, target: Tensor | None, weights: Tensor, rows: Tensor) -> Tensor:
+    def add_to_keys(
+        self, target: Tensor | None, weights: Tensor, rows: Tensor, shared: bool = False
+    ) -> Tensor:
         """target (None: zeros; else updated in place) plus, at each key, Σ over its
-        entries (q, w) (and the heads, for shared keys) of weights[b, q, w, h] · rows[b, h, q]:
-        rows [B, H, Q, D] -> [B, H, N, D], or [B, N, D] for shared keys."""
+        entries (q, w) of weights[b, q, w, h] · rows[b, h, q]: rows [B, H, Q, D] ->
+        [B, H, N, D], or summed over the heads (keys shared by the heads) [B, N, D]."""
         batch, heads, _, dims = rows.shape
-        values = weights.reshape(-1).index_select(0, self.weight_index)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
-            matrix = torch.sparse_csr_tensor(
-                self.crow, self.col, values, size=self.shape, check_invariants=False
-            )
-        rows = rows.transpose(1, 2).reshape(-1, dims)  # [B * Q * H, D]: a view of q's layout
+        rows = rows.transpose(1, 2).reshape(-1, heads, dims).contiguous()  # q's layout
         if target is None:
-            added = matrix @ rows
+            added = rows.new_empty(self.num_rows, dims if shared else heads * dims)
         else:  # added in place: the targets are fresh gradients
-            keys_layout = (target if self.shared else target.transpose(1, 2)).contiguous()
-            added = keys_layout.view(-1, dims).addmm_(matrix, rows)
-        if self.shared:
+            added = (target if shared else target.transpose(1, 2)).contiguous()
+        window_kernel().key_sums(
+            added.view(self.num_rows, -1), self.crow, self.query, self.entry,
+            weights.reshape(-1, heads).contiguous(), rows, shared, target is not None,
+        )  # fmt: skip
+        if shared:
             return added.view(batch, -1, dims)
         return added.view(batch, -1, heads, dims).transpose(1, 2)
 
@@ -258,7 +239,7 @@ class WindowKeys:
         self.index = self.by_locality(index, dim=1)
         self.valid = self.by_locality(valid, dim=1)
         self.num_tokens = num_tokens
-        self._key_major: dict[tuple[int, bool], KeyMajorWindows] = {}
+        self._key_major: KeyMajorWindows | None = None
 
     def by_locality(self, x: Tensor, dim: int) -> Tensor:
         """x with its query dimension `dim` (1 or 2) put in the keys' order."""
@@ -268,12 +249,11 @@ class WindowKeys:
         """The inverse of `by_locality`."""
         return _Reorder.apply(x, self._inverse_rows, self._rows, dim)
 
-    def key_major(self, heads: int, shared: bool = False) -> KeyMajorWindows:
-        """The key-major pattern, per head or for keys shared by the heads."""
-        if (heads, shared) not in self._key_major:
-            pattern = KeyMajorWindows(self.index, self.num_tokens, heads, shared)
-            self._key_major[heads, shared] = pattern
-        return self._key_major[heads, shared]
+    def key_major(self) -> KeyMajorWindows:
+        """The key-major pattern (built on first use)."""
+        if self._key_major is None:
+            self._key_major = KeyMajorWindows(self.index, self.num_tokens)
+        return self._key_major
 
 
 class _WindowAttention(torch.autograd.Function):
@@ -304,14 +284,16 @@ class _WindowAttention(torch.autograd.Function):
                 grad_out, q, k, v, out, lse, 0.0, False
             )
         )
-        queries_vary((q, 2), (bias, 1), (keys.index, 1), (keys.valid, 1), (logits, 1))
-        queries_vary((out, 2), (lse, 2), (grad_out, 2), (grad_q, 2))
-        grad_q, grad_bias, missing_logits, missing_p = compiled_once(_backward_windows)(
+        backward_windows = backward_windows_kernel
+        if not kernel_applies(q):
+            queries_vary((q, 2), (bias, 1), (keys.index, 1), (keys.valid, 1), (logits, 1))
+            queries_vary((out, 2), (lse, 2), (grad_out, 2), (grad_q, 2))
+            backward_windows = compiled_once(_backward_windows)
+        grad_q, grad_bias, missing_logits, missing_p = backward_windows(
             q, k, v, bias, keys.index, keys.valid, logits, out, lse, grad_out, grad_q
         )
-        key_major = keys.key_major(q.shape[1])
-        grad_k = key_major.add_to_keys(grad_k, missing_logits, q)
-        grad_v = key_major.add_to_keys(grad_v, missing_p, grad_out)
+        grad_k = keys.key_major().add_to_keys(grad_k, missing_logits, q)
+        grad_v = keys.key_major().add_to_keys(grad_v, missing_p, grad_out)
         return grad_q, grad_k, grad_v, grad_bias, None
 
 
@@ -349,11 +331,34 @@ def _local_backward(q, k, v, index, p, out, grad_out):
     return grad_q.transpose(1, 2), grad_logits
 
 
+def local_forward_kernel(q, k, v, index, valid):
+    """`_local_forward` by the C++ kernel."""
+    batch, heads, queries, channels = q.shape
+    out, p = window_kernel().local_forward(
+        _token_rows(q), k.contiguous(), v.contiguous(), index.contiguous(), valid.contiguous(),
+        heads,
+    )  # fmt: skip
+    return out.view(batch, queries, heads, channels).transpose(1, 2), p
+
+
+def local_backward_kernel(q, k, v, index, valid, p, out, grad_out):
+    """`_local_backward` by the C++ kernel."""
+    batch, heads, queries, channels = q.shape
+    grad_q, grad_logits = window_kernel().local_backward(
+        _token_rows(q), k.contiguous(), v.contiguous(), index.contiguous(), valid.contiguous(),
+        p.contiguous(), _token_rows(out), _token_rows(grad_out), heads,
+    )  # fmt: skip
+    return grad_q.view(batch, queries, heads, channels).transpose(1, 2), grad_logits
+
+
 class _LocalAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, keys: WindowKeys):
-        queries_vary((q, 2), (keys.index, 1), (keys.valid, 1))
-        out, p = compiled_once(_local_forward)(q, k, v, keys.index, keys.valid)
+        if kernel_applies(q):
+            out, p = local_forward_kernel(q, k, v, keys.index, keys.valid)
+        else:
+            queries_vary((q, 2), (keys.index, 1), (keys.valid, 1))
+            out, p = compiled_once(_local_forward)(q, k, v, keys.index, keys.valid)
         ctx.keys = keys
         ctx.save_for_backward(q, k, v, p, out)
         return out
@@ -363,11 +368,17 @@ class _LocalAttention(torch.autograd.Function):
         q, k, v, p, out = ctx.saved_tensors
         keys: WindowKeys = ctx.keys
         grad_out = _queries_major(grad_out)
-        queries_vary((q, 2), (keys.index, 1), (p, 1), (out, 2), (grad_out, 2))
-        grad_q, grad_logits = compiled_once(_local_backward)(q, k, v, keys.index, p, out, grad_out)
-        key_major = keys.key_major(q.shape[1], shared=True)
-        grad_k = key_major.add_to_keys(None, grad_logits, q)
-        grad_v = key_major.add_to_keys(None, p, grad_out)
+        if kernel_applies(q):
+            grad_q, grad_logits = local_backward_kernel(
+                q, k, v, keys.index, keys.valid, p, out, grad_out
+            )
+        else:
+            queries_vary((q, 2), (keys.index, 1), (p, 1), (out, 2), (grad_out, 2))
+            grad_q, grad_logits = compiled_once(_local_backward)(
+                q, k, v, keys.index, p, out, grad_out
+            )
+        grad_k = keys.key_major().add_to_keys(None, grad_logits, q, shared=True)
+        grad_v = keys.key_major().add_to_keys(None, p, grad_out, shared=True)
         return grad_q, grad_k, grad_v, None
 
 
