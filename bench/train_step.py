@@ -1,7 +1,9 @@
 """Benchmark: seconds per training iteration of baseline, old AQR and new AQR.
 
-All variants train on the same batch in one process, in interleaved rounds, so
-the ratios to the baseline are not skewed by load that comes and goes. The
+All variants train on the same batch in one process, their steps interleaved (each
+round runs one step of every variant in a new random order, `--steps` times), so the
+ratios to the baseline are not skewed by load that comes and goes; each ratio comes with
+a bootstrap interval over the rounds. The
 models are the plugin's configs (the CPU demo by default) built by mmengine's
 Runner; a step is preprocessing (voxelization) + forward + loss + backward + AdamW
 update, as in training.
@@ -21,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
@@ -77,13 +80,30 @@ class Trainer:
         return time.perf_counter() - start
 
 
-def round_ratio(variant: list[float], baseline: list[float], steps: int) -> float:
-    """Median over rounds of (the variant's median step / the baseline's) in that round."""
-    rounds = range(0, len(baseline), steps)
-    return statistics.median(
-        statistics.median(variant[i : i + steps]) / statistics.median(baseline[i : i + steps])
-        for i in rounds
+def round_ratios(variant: list[float], baseline: list[float], steps: int) -> np.ndarray:
+    """Per round: the variant's median step / the baseline's (times listed round by round)."""
+    return np.array(
+        [
+            statistics.median(variant[i : i + steps]) / statistics.median(baseline[i : i + steps])
+            for i in range(0, len(baseline), steps)
+        ]
     )
+
+
+def round_ratio(variant: list[float], baseline: list[float], steps: int) -> float:
+    """The median over rounds of each round's ratio."""
+    return float(np.median(round_ratios(variant, baseline, steps)))
+
+
+def ratio_interval(
+    variant: list[float], baseline: list[float], steps: int, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """95 % percentile interval of `round_ratio` over the rounds resampled with
+    replacement: how far the median ratio moves with the load of the rounds drawn."""
+    ratios = round_ratios(variant, baseline, steps)
+    draws = np.random.default_rng(seed).integers(0, len(ratios), (resamples, len(ratios)))
+    low, high = np.percentile(np.median(ratios[draws], axis=1), [2.5, 97.5])
+    return float(low), float(high)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,20 +126,23 @@ def main(argv: list[str] | None = None) -> int:
         times: dict[str, list[float]] = {name: [] for name in trainers}
         order = random.Random(0)
         for round_index in range(args.rounds):
-            # A new order each round: no variant always runs right after the same one.
-            for name in order.sample(list(trainers), len(trainers)):
-                times[name].extend(trainers[name].step() for _ in range(args.steps))
+            # Steps interleaved, in a new order each time: no variant always runs right
+            # after the same one, and a round's steps of each variant lie seconds apart.
+            for _ in range(args.steps):
+                for name in order.sample(list(trainers), len(trainers)):
+                    times[name].append(trainers[name].step())
             log.info(
                 "round %d: %s", round_index + 1, {k: f"{v[-1]:.3f}s" for k, v in times.items()}
             )
 
     median = {name: statistics.median(values) for name, values in times.items()}
     ratio = {name: round_ratio(times[name], times["baseline"], args.steps) for name in times}
+    interval = {name: ratio_interval(times[name], times["baseline"], args.steps) for name in times}
     device = f"CPU ({torch.get_num_threads()} threads), torch {torch.__version__}"
     command = "python bench/train_step.py " + " ".join(argv if argv is not None else sys.argv[1:])
     rows = [
-        f"| {name} | {VARIANTS[name]} | {median[name]:.3f} | "
-        f"{ratio[name]:.2f}× | {len(times[name])} |"
+        f"| {name} | {VARIANTS[name]} | {median[name]:.3f} | {ratio[name]:.3f}× | "
+        f"{interval[name][0]:.3f}–{interval[name][1]:.3f} | {len(times[name])} |"
         for name in VARIANTS
     ]
     text = "\n".join(
@@ -128,12 +151,13 @@ def main(argv: list[str] | None = None) -> int:
             "",
             f"Command: `{command.strip()}`. One batch of the CPU demo config (batch 2),",
             "preprocessing + forward + loss + backward + AdamW step; s/iter: median over",
-            "interleaved rounds, the variants in a new random order each round; × baseline:",
-            "the median over rounds of each round's ratio (the load drifts between rounds",
-            "more than within one).",
+            "all steps; each round runs one step of every variant in a new random order,",
+            "`--steps` times; × baseline: the median over rounds of each round's ratio (the",
+            "load drifts between rounds more than within one), with its 95 % bootstrap",
+            "interval over the rounds.",
             "",
-            "| variant | config | s/iter | × baseline | steps timed |",
-            "|---|---|---|---|---|",
+            "| variant | config | s/iter | × baseline | 95 % interval | steps timed |",
+            "|---|---|---|---|---|---|",
             *rows,
             "",
         ]
@@ -144,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": times,
         "median": median,
         "ratio_to_baseline": ratio,
+        "ratio_interval_95": interval,
     }
     write_bench_results(args.out, payload, text)
     return 0

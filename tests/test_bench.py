@@ -108,6 +108,18 @@ def test_train_step_ratio_is_taken_within_each_round() -> None:
     assert round_ratio(baseline, baseline, steps=2) == 1.0
 
 
+def test_train_step_interval_brackets_the_round_ratios() -> None:
+    """The bootstrap interval of the median ratio lies within the rounds' ratios, is a
+    point when every round agrees, and widens when the rounds disagree."""
+    ratio_interval = _bench_script("train_step").ratio_interval
+    baseline = [1.0] * 10
+    steady = [1.2] * 10
+    assert ratio_interval(steady, baseline, steps=1) == pytest.approx((1.2, 1.2))
+    spread = [1.0, 1.1, 1.2, 1.3, 1.4, 1.0, 1.1, 1.2, 1.3, 1.4]
+    low, high = ratio_interval(spread, baseline, steps=1)
+    assert 1.0 <= low < 1.2 < high <= 1.4
+
+
 def test_train_step_feeds_every_step_the_voxels_training_would(
     synth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
