@@ -74,12 +74,13 @@ _ARCH_FLAGS = {
 
 @functools.cache
 def window_kernel():
-    """The C++ forward kernel, compiled for this machine's vector instructions on first use
-    (about 30 s) and cached by torch with its other extensions (TORCH_EXTENSIONS_DIR)."""
+    """The C++ kernels (csrc/window_kernels.cpp), compiled for this machine's vector
+    instructions on first use (about 30 s) and cached by torch with its other extensions
+    (TORCH_EXTENSIONS_DIR)."""
     from torch.utils import cpp_extension
 
     capability = torch.backends.cpu.get_cpu_capability()
-    log.info("loading the window attention kernel for %s (built once, about 30 s)", capability)
+    log.info("loading the window attention kernels for %s (built once, about 30 s)", capability)
     return cpp_extension.load(
         f"aqr_window_kernels_{capability.lower()}",
         [str(_KERNEL_SOURCE)],
@@ -89,7 +90,8 @@ def window_kernel():
 
 
 def kernel_applies(q: Tensor) -> bool:
-    """The kernel handles float32 with head widths of whole vectors; the rest is compiled."""
+    """The query-major kernels handle float32 with head widths of whole vectors; the rest
+    is compiled."""
     return q.dtype == torch.float32 and q.shape[-1] % window_kernel().lanes == 0
 
 
