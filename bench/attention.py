@@ -113,7 +113,14 @@ def random_cells(size: Size, generator: torch.Generator, device: torch.device) -
 class Case:
     """The inputs and the layer of one measurement; `step()` is what is timed."""
 
-    def __init__(self, method: str, size: Size, backward: bool, device: torch.device) -> None:
+    def __init__(
+        self,
+        method: str,
+        size: Size,
+        backward: bool,
+        device: torch.device,
+        window: tuple[int, int] = (8, 8),
+    ) -> None:
         gen = torch.Generator().manual_seed(0)
         self.method, self.size, self.backward = method, size, backward
         grad = backward
@@ -129,7 +136,7 @@ class Case:
         self.lidar_w.requires_grad_(grad)
         self.cam_w.requires_grad_(grad)
         self.scale = BiasScale(2.5, learnable=True).to(device)
-        self.spec = WindowSpec(bev_window=8, cam_window=8)
+        self.spec = WindowSpec(bev_window=window[0], cam_window=window[1])
         if method == "prototype":
             self.layer = nn.MultiheadAttention(size.dims, size.heads, batch_first=True)
         else:
@@ -206,11 +213,18 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(method: str, size_key: str, backward: bool, device_name: str, budget_s: float) -> dict:
+def measure(
+    method: str,
+    size_key: str,
+    backward: bool,
+    device_name: str,
+    budget_s: float,
+    window: tuple[int, int] = (8, 8),
+) -> dict:
     """Runs in the child: warm up once, then time repeats until the budget is spent."""
     device = torch.device(device_name)
     size = SIZES[size_key]
-    case = Case(method, size, backward, device)
+    case = Case(method, size, backward, device, window)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
@@ -233,12 +247,19 @@ def measure(method: str, size_key: str, backward: bool, device_name: str, budget
 
 
 def run_isolated(
-    method: str, size_key: str, backward: bool, device: str, budget_s: float, mem_limit_gb: float
+    method: str,
+    size_key: str,
+    backward: bool,
+    device: str,
+    budget_s: float,
+    mem_limit_gb: float,
+    window: tuple[int, int] = (8, 8),
 ) -> dict:
     """One case in a fresh process; a failure is recorded with its reason."""
     cmd = [
         sys.executable, __file__, "--child", method, size_key, str(int(backward)),
         "--device", device, "--budget-s", str(budget_s), "--mem-limit-gb", str(mem_limit_gb),
+        "--windows", _window_text(window),
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode == 0:
@@ -263,6 +284,21 @@ def combine_rounds(values: list[dict]) -> dict:
         "rounds": len(values),
         "peak_mb": max(v["peak_mb"] for v in values),
     }
+
+
+def _window_text(window: tuple[int, int]) -> str:
+    return f"{window[0]}x{window[1]}"
+
+
+def parse_windows(text: str) -> list[tuple[int, int]]:
+    """'8x8,15x3' -> [(8, 8), (15, 3)]: BEV x camera window sizes in cells."""
+    windows = []
+    for item in text.split(","):
+        bev, _, cam = item.partition("x")
+        if not (bev.isdigit() and cam.isdigit()):
+            raise ValueError(f"window {item!r}: expected BEVxCAMERA cells, e.g. 8x8 or 15x3")
+        windows.append((int(bev), int(cam)))
+    return windows
 
 
 def _limit_memory(limit_gb: float) -> None:
@@ -294,7 +330,8 @@ def markdown(results: list[dict], device: str, command: str) -> str:
         f"# Attention-bias benchmark ({device})",
         "",
         f"Command: `{command}`. One cross-attention layer with projections, B = 2, 8 heads,",
-        "dim 256 (the demo size: 4 heads, dim 128), window 8, learnable bias scale.",
+        "dim 256 (the demo size: 4 heads, dim 128), learnable bias scale; window: BEV x",
+        "camera window in cells.",
         "`dense` builds the bias inside the step; `dense-shared` builds it once per batch",
         "(the head shares it across decoder layers); `window` and `window-shared` likewise",
         "for each query's window. `forward` runs without autograd.",
@@ -303,15 +340,16 @@ def markdown(results: list[dict], device: str, command: str) -> str:
         "inputs (GPU: max allocated; CPU: peak resident set). Ratios are to the no-bias",
         "floor of the same size and pass, measured in the same run.",
         "",
-        "| size | pass | method | time (ms) | × floor | peak memory (MB) |",
-        "|---|---|---|---|---|---|",
+        "| size | pass | method | window | time (ms) | × floor | peak memory (MB) |",
+        "|---|---|---|---|---|---|---|",
     ]
     floors = {(r["size"], r["pass"]): r for r in results if r["method"] == "floor"}
     for r in results:
         floor = floors.get((r["size"], r["pass"]))
         time_ms, ratio, mem = _format(r, floor)
         lines.append(
-            f"| {r['size_name']} | {r['pass']} | {r['method']} | {time_ms} | {ratio} | {mem} |"
+            f"| {r['size_name']} | {r['pass']} | {r['method']} | {r['window']} | {time_ms} | "
+            f"{ratio} | {mem} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -328,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rounds", type=int, default=1, help="interleaved rounds of every method per case"
     )
+    parser.add_argument(
+        "--windows", default="8x8", help="BEV x camera window sizes, comma-separated: 8x8,15x3"
+    )
     parser.add_argument("--out", type=Path, default=None, help="results file stem")
     parser.add_argument("--child", nargs=3, metavar=("METHOD", "SIZE", "BACKWARD"))
     args = parser.parse_args(argv)
@@ -336,7 +377,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.device.startswith("cuda"):
             _limit_memory(args.mem_limit_gb)
         method, size_key, backward = args.child
-        print(json.dumps(measure(method, size_key, backward == "1", args.device, args.budget_s)))
+        window = parse_windows(args.windows)[0]
+        result = measure(method, size_key, backward == "1", args.device, args.budget_s, window)
+        print(json.dumps(result))
         return 0
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -349,26 +392,33 @@ def main(argv: list[str] | None = None) -> int:
     for method in methods:
         if method not in METHODS:
             parser.error(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    try:
+        windows = parse_windows(args.windows)
+    except ValueError as err:
+        parser.error(str(err))
+    # The floor has no window: measured once per size and pass.
+    cases = [(m, w) for w in windows for m in methods if m != "floor" or w == windows[0]]
     device = device_description(args.device)
     results = []
     for key in sizes:
         for backward in (False, True):
             rounds = [
                 {
-                    method: run_isolated(
-                        method, key, backward, args.device, args.budget_s, args.mem_limit_gb
+                    (method, window): run_isolated(
+                        method, key, backward, args.device, args.budget_s, args.mem_limit_gb, window
                     )
-                    for method in methods
+                    for method, window in cases
                 }
                 for _ in range(args.rounds)
             ]
-            for method in methods:
+            for method, window in cases:
                 row = {
                     "size": key,
                     "size_name": SIZES[key].name,
                     "pass": PASSES[backward],
                     "method": method,
-                    **combine_rounds([values[method] for values in rounds]),
+                    "window": "—" if method == "floor" else _window_text(window),
+                    **combine_rounds([values[method, window] for values in rounds]),
                 }
                 log.info("%s", row)
                 results.append(row)

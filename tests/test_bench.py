@@ -17,29 +17,51 @@ from aqr_exp import paths
 
 
 def test_attention_bench_writes_ratios_to_the_floor_of_the_same_run(tmp_path: Path) -> None:
+    """Every method at every window, the floor once per pass; each ratio is to that floor."""
     stem = tmp_path / "attention"
     subprocess.run(
         [
             sys.executable, str(paths.PACKAGE_ROOT / "bench" / "attention.py"),
             "--sizes", "demo", "--methods", "floor,dense,window-shared,prototype",
-            "--budget-s", "0", "--rounds", "2", "--out", str(stem),
+            "--windows", "8x8,15x3", "--budget-s", "0", "--rounds", "2", "--out", str(stem),
         ],
         check=True, cwd=paths.PACKAGE_ROOT,
     )  # fmt: skip
     payload = json.loads(stem.with_suffix(".json").read_text())
     rows = payload["results"]
-    assert {(r["method"], r["pass"]) for r in rows} == {
-        (m, p)
-        for m in ("floor", "dense", "window-shared", "prototype")
-        for p in ("forward", "forward+backward")
-    }
+    passes = ("forward", "forward+backward")
+    assert sorted((r["method"], r["window"], r["pass"]) for r in rows) == sorted(
+        [("floor", "—", p) for p in passes]
+        + [
+            (m, w, p)
+            for m in ("dense", "window-shared", "prototype")
+            for w in ("8x8", "15x3")
+            for p in passes
+        ]
+    )
     assert all(r["time_ms"] > 0 and r["rounds"] == 2 and r["repeats"] >= 6 for r in rows)
     table = markdown_tables(stem.with_suffix(".md").read_text())[0]
-    by_method = {(row[1], row[2]): row for row in table[1:]}
-    for (pass_, method), row in by_method.items():
+    assert len(table) == len(rows) + 1
+    for row in table[1:]:
+        pass_, method, window = row[1], row[2], row[3]
         floor = next(r for r in rows if r["method"] == "floor" and r["pass"] == pass_)
-        mine = next(r for r in rows if r["method"] == method and r["pass"] == pass_)
-        assert row[4] == f"{mine['time_ms'] / floor['time_ms']:.2f}×"
+        mine = next(
+            r for r in rows if (r["method"], r["window"], r["pass"]) == (method, window, pass_)
+        )
+        assert row[5] == f"{mine['time_ms'] / floor['time_ms']:.2f}×"
+
+
+def test_attention_bench_refuses_a_malformed_window(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable, str(paths.PACKAGE_ROOT / "bench" / "attention.py"),
+            "--windows", "8,8", "--out", str(tmp_path / "attention"),
+        ],
+        capture_output=True, text=True, cwd=paths.PACKAGE_ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "window '8': expected BEVxCAMERA cells" in proc.stderr
+    assert not list(tmp_path.iterdir())
 
 
 def test_bootstrap_bench_runs_small_and_reports_its_time(tmp_path: Path) -> None:
