@@ -35,11 +35,18 @@ using Vec = at::vec::Vectorized<float>;
 constexpr int64_t kLanes = Vec::size();
 constexpr int64_t kPrefetchAhead = 4;  // keys; 2 and 8 were slower at 800x320
 
-// The rows of a query's window: key w of the query's window is row keys[w] of `first`.
+// The rows of a query's window: key w of the window of query `query` (b * Q + q) is row
+// index[b, q, w] of rows [B, N, C].
 struct WindowRows {
   const float* first;
   const int64_t* keys;
   int64_t width, channels;
+
+  WindowRows(const at::Tensor& rows, const at::Tensor& index, int64_t query)
+      : first(rows.data_ptr<float>() + query / index.size(1) * rows.size(1) * rows.size(2)),
+        keys(index.data_ptr<int64_t>() + query * index.size(2)),
+        width(index.size(2)),
+        channels(rows.size(2)) {}
 
   const float* row(int64_t w) const { return first + keys[w] * channels; }
   void prefetch_ahead(int64_t w) const {
@@ -79,9 +86,13 @@ void check_float_rows(std::initializer_list<const at::Tensor*> tensors, const ch
   }
 }
 
-void check_window(const at::Tensor& index, const at::Tensor* valid, const char* name) {
+// index [B, Q, W] (and valid, its mask) for q [B, Q, ...] and keys k [B, N, C].
+void check_window(const at::Tensor& index, const at::Tensor* valid, const at::Tensor& q,
+                  const at::Tensor& k, const char* name) {
   TORCH_CHECK(index.scalar_type() == at::kLong && index.is_contiguous() && index.dim() == 3,
               name, " takes a contiguous int64 index [B, Q, W]");
+  TORCH_CHECK(index.size(0) == q.size(0) && index.size(1) == q.size(1) && k.size(0) == q.size(0),
+              name, ": the index [B, Q, W] and k [B, N, C] must match q's batch and queries");
   if (valid != nullptr) {
     TORCH_CHECK(valid->scalar_type() == at::kBool && valid->is_contiguous() && valid->sizes() == index.sizes(),
                 name, " takes a contiguous bool mask shaped like the index");
@@ -97,9 +108,9 @@ std::vector<at::Tensor> window_forward(const at::Tensor& q, const at::Tensor& k,
                                        const at::Tensor& index, const at::Tensor& out0,
                                        const at::Tensor& lse0, int64_t heads, double scale) {
   check_float_rows({&q, &k, &v, &gain, &out0, &lse0}, "window_forward");
-  check_window(index, nullptr, "window_forward");
+  check_window(index, nullptr, q, k, "window_forward");
   const int64_t batch = q.size(0), queries = q.size(1), channels = q.size(2);
-  const int64_t tokens = k.size(1), width = index.size(2), dims = channels / heads;
+  const int64_t width = index.size(2), dims = channels / heads;
   TORCH_CHECK(dims % kLanes == 0, "window_forward: head width must be a multiple of ", kLanes);
   auto out = at::empty_like(out0);
   auto lse = at::empty_like(lse0);
@@ -117,10 +128,7 @@ std::vector<at::Tensor> window_forward(const at::Tensor& q, const at::Tensor& k,
   at::parallel_for(0, batch * queries, 8, [&](int64_t begin, int64_t end) {
     std::vector<float> pattern, mass(entries), sums(channels), denom(heads);
     for (int64_t row = begin; row < end; ++row) {
-      const int64_t* keys = index.data_ptr<int64_t>() + row * width;
-      const int64_t first = row / queries * tokens * channels;
-      const WindowRows k_rows{k.data_ptr<float>() + first, keys, width, channels};
-      const WindowRows v_rows{v.data_ptr<float>() + first, keys, width, channels};
+      const WindowRows k_rows(k, index, row), v_rows(v, index, row);
       const float* q_row = q_data + row * channels;
       const float* row_gain = gain_data + row * width;
       float* row_logits = logits_data + row * entries;
@@ -170,9 +178,9 @@ std::vector<at::Tensor> window_backward(const at::Tensor& q, const at::Tensor& k
                                         const at::Tensor& lse, const at::Tensor& grad_out,
                                         at::Tensor& grad_q, int64_t heads, double scale) {
   check_float_rows({&q, &k, &v, &gain, &logits, &out, &lse, &grad_out, &grad_q}, "window_backward");
-  check_window(index, &valid, "window_backward");
+  check_window(index, &valid, q, k, "window_backward");
   const int64_t batch = q.size(0), queries = q.size(1), channels = q.size(2);
-  const int64_t tokens = k.size(1), width = index.size(2), dims = channels / heads;
+  const int64_t width = index.size(2), dims = channels / heads;
   TORCH_CHECK(dims % kLanes == 0, "window_backward: head width must be a multiple of ", kLanes);
   auto grad_bias = at::empty({batch, queries, width}, q.options());
   auto missing_logits = at::empty({batch, queries, width, heads}, q.options());
@@ -185,10 +193,7 @@ std::vector<at::Tensor> window_backward(const at::Tensor& q, const at::Tensor& k
   at::parallel_for(0, batch * queries, 8, [&](int64_t begin, int64_t end) {
     std::vector<float> pattern, fused_p(entries), row_dot(heads);
     for (int64_t row = begin; row < end; ++row) {
-      const int64_t* keys = index.data_ptr<int64_t>() + row * width;
-      const int64_t first = row / queries * tokens * channels;
-      const WindowRows k_rows{k.data_ptr<float>() + first, keys, width, channels};
-      const WindowRows v_rows{v.data_ptr<float>() + first, keys, width, channels};
+      const WindowRows k_rows(k, index, row), v_rows(v, index, row);
       const float* go_row = grad_out.data_ptr<float>() + row * channels;
       const float* out_row = out.data_ptr<float>() + row * channels;
       float* grad_q_row = grad_q.data_ptr<float>() + row * channels;
@@ -231,10 +236,10 @@ std::vector<at::Tensor> window_backward(const at::Tensor& q, const at::Tensor& k
 std::vector<at::Tensor> local_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                       const at::Tensor& index, const at::Tensor& valid, int64_t heads) {
   check_float_rows({&q, &k, &v}, "local_forward");
-  check_window(index, &valid, "local_forward");
+  check_window(index, &valid, q, k, "local_forward");
   const int64_t batch = q.size(0), queries = q.size(1), channels = k.size(2);
   TORCH_CHECK(q.size(2) == heads * channels, "local_forward: q rows must hold ", heads, " heads of ", channels);
-  const int64_t tokens = k.size(1), width = index.size(2), entries = width * heads;
+  const int64_t width = index.size(2), entries = width * heads;
   TORCH_CHECK(channels % kLanes == 0, "local_forward: the width must be a multiple of ", kLanes);
   auto out = at::empty_like(q);
   auto p = at::empty({batch, queries, width, heads}, q.options());
@@ -244,10 +249,7 @@ std::vector<at::Tensor> local_forward(const at::Tensor& q, const at::Tensor& k, 
   at::parallel_for(0, batch * queries, 8, [&](int64_t begin, int64_t end) {
     std::vector<float> pattern, highest(heads), total(heads);
     for (int64_t row = begin; row < end; ++row) {
-      const int64_t* keys = index.data_ptr<int64_t>() + row * width;
-      const int64_t first = row / queries * tokens * channels;
-      const WindowRows k_rows{k.data_ptr<float>() + first, keys, width, channels};
-      const WindowRows v_rows{v.data_ptr<float>() + first, keys, width, channels};
+      const WindowRows k_rows(k, index, row), v_rows(v, index, row);
       const float* q_row = q.data_ptr<float>() + row * heads * channels;
       const bool* row_valid = valid_data + row * width;
       float* row_p = p.data_ptr<float>() + row * entries;
@@ -287,10 +289,10 @@ std::vector<at::Tensor> local_backward(const at::Tensor& q, const at::Tensor& k,
                                        const at::Tensor& p, const at::Tensor& out,
                                        const at::Tensor& grad_out, int64_t heads) {
   check_float_rows({&q, &k, &v, &p, &out, &grad_out}, "local_backward");
-  check_window(index, &valid, "local_backward");
+  check_window(index, &valid, q, k, "local_backward");
   const int64_t batch = q.size(0), queries = q.size(1), channels = k.size(2);
   TORCH_CHECK(q.size(2) == heads * channels, "local_backward: q rows must hold ", heads, " heads of ", channels);
-  const int64_t tokens = k.size(1), width = index.size(2), entries = width * heads;
+  const int64_t width = index.size(2), entries = width * heads;
   TORCH_CHECK(channels % kLanes == 0, "local_backward: the width must be a multiple of ", kLanes);
   auto grad_q = at::zeros_like(q);
   auto grad_logits = at::empty_like(p);
@@ -299,10 +301,7 @@ std::vector<at::Tensor> local_backward(const at::Tensor& q, const at::Tensor& k,
   at::parallel_for(0, batch * queries, 8, [&](int64_t begin, int64_t end) {
     std::vector<float> row_dot(heads);
     for (int64_t row = begin; row < end; ++row) {
-      const int64_t* keys = index.data_ptr<int64_t>() + row * width;
-      const int64_t first = row / queries * tokens * channels;
-      const WindowRows k_rows{k.data_ptr<float>() + first, keys, width, channels};
-      const WindowRows v_rows{v.data_ptr<float>() + first, keys, width, channels};
+      const WindowRows k_rows(k, index, row), v_rows(v, index, row);
       const float* go_row = grad_out.data_ptr<float>() + row * heads * channels;
       const float* out_row = out.data_ptr<float>() + row * heads * channels;
       const float* row_p = p.data_ptr<float>() + row * entries;
